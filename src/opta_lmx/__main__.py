@@ -1,0 +1,3 @@
+from opta_lmx.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""The configuration file (TOML), decoded once into frozen Structs; unknown keys are refused.
+
+See ``etc/opta-lmx.toml`` for every key with its meaning. Constructors take these Structs;
+nothing below the command line reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import msgspec
+
+from opta_lmx.errors import ConfigError
+
+DEMO_MODEL_NAME = "opta-demo"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 1234
+    # Seconds without a token before a request fails with 504 (prefill included).
+    inter_token_timeout: float = 300.0
+    # Seconds a request waits for its model's worker to become ready before 503.
+    ready_wait: float = 30.0
+
+
+class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    load_timeout: float = 300.0
+    heartbeat_interval: float = 1.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    max_failures: int = 5
+    failure_window: float = 300.0
+    stop_grace: float = 10.0
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    path: str
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    server: ServerConfig = ServerConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    models: list[ModelConfig] = []
+    # Where built demo models, logs and state live; "" means the default data directory.
+    data_dir: str = ""
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def default_data_dir() -> Path:
+    """``$OPTA_LMX_HOME`` or ``~/.local/share/opta-lmx``; read once, by the command line."""
+    home = os.environ.get("OPTA_LMX_HOME")
+    return Path(home) if home else Path.home() / ".local" / "share" / "opta-lmx"
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        config = msgspec.toml.decode(text.encode(), type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    _check(config, source)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def _check(config: Config, source: str) -> None:
+    if not 0 < config.server.port < 65536:
+        raise ConfigError(f"{source}: server.port must be 1-65535, got {config.server.port}")
+    seen: set[str] = set()
+    for model in config.models:
+        if not _MODEL_NAME.match(model.name):
+            raise ConfigError(
+                f"{source}: model name {model.name!r} must be 1-128 characters of letters, digits, "
+                "'.', '_', ':', '/', '-' and start with a letter or digit"
+            )
+        if model.name in seen:
+            raise ConfigError(f"{source}: model name {model.name!r} is listed twice")
+        seen.add(model.name)
+
+
+def with_demo_model(config: Config, demo_path: Path) -> Config:
+    """The config with the built-in demo model added, used when no model is configured."""
+    demo = ModelConfig(name=DEMO_MODEL_NAME, path=str(demo_path))
+    return msgspec.structs.replace(config, models=[demo])

@@ -1,0 +1,1 @@
+"""Built-in demo models: random weights in a real architecture, a real tokenizer, a chat template."""

@@ -1,0 +1,129 @@
+"""Write a loadable MLX model directory with random weights (llama) and a trained BPE tokenizer.
+
+The output is gibberish, but every code path (load, chat template, tokenize, generate, detokenize,
+stop) is the real one. Nothing is downloaded: the tokenizer is trained on text the package ships
+(plus, for the larger size, the Python standard library's sources).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Literal
+
+import msgspec
+
+Size = Literal["tiny", "small"]
+
+# Large enough that greedy decoding does not collapse into one repeated token, with an untied head
+# (tied random embeddings make every logit favour the last token).
+_INIT_STD = 0.3
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class Shape(msgspec.Struct, frozen=True):
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+
+
+SHAPES: dict[str, Shape] = {
+    # ~140k parameters: loads in milliseconds, for tests.
+    "tiny": Shape(512, 64, 2, 128, 4, 2, 2048),
+    # ~120M parameters in a realistic shape, for benchmarks.
+    "small": Shape(8192, 768, 14, 2048, 12, 4, 4096),
+}
+
+
+def build_demo_model(path: Path, size: Size = "tiny", seed: int = 0) -> Path:
+    """Write the model into ``path`` (created if missing); returns ``path``. Deterministic per seed."""
+    shape = SHAPES[size]
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(shape.vocab_size, size)
+    tokenizer.save(str(path / "tokenizer.json"))
+    eos_id = tokenizer.token_to_id("<|im_end|>")
+    config = {
+        "model_type": "llama",
+        **msgspec.structs.asdict(shape),
+        "vocab_size": tokenizer.get_vocab_size(),
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "eos_token_id": eos_id,
+        "bos_token_id": None,
+    }
+    _write_json(path / "config.json", config)
+    _write_json(
+        path / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": None,
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": None,
+            "model_max_length": shape.max_position_embeddings,
+            "chat_template": CHAT_TEMPLATE,
+        },
+    )
+    _write_weights(path / "model.safetensors", config, seed)
+    return path
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _corpus(size: Size) -> Iterator[str]:
+    yield from (Path(__file__).with_name("corpus.txt").read_text(encoding="utf-8").splitlines())
+    if size == "tiny":
+        return
+    # A larger vocabulary needs more text: the standard library's own sources, in a fixed order.
+    stdlib = Path(os.__file__).parent
+    for source in sorted(stdlib.glob("*.py"))[:200]:
+        yield from source.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def _train_tokenizer(vocab_size: int, size: Size):  # -> tokenizers.Tokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(size), trainer)
+    return tokenizer
+
+
+def _write_weights(path: Path, config: dict, seed: int) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    # One key per tensor, split from the seed in name order: the same seed gives the same bytes.
+    params = sorted(tree_flatten(model.parameters()), key=lambda item: item[0])
+    keys = mx.random.split(mx.random.key(seed), len(params))
+    weights: dict[str, mx.array] = {}
+    for key, (name, param) in zip(keys, params):
+        if name.endswith("norm.weight"):
+            weights[name] = mx.ones(param.shape, dtype=mx.float32)
+        else:
+            weights[name] = _INIT_STD * mx.random.normal(param.shape, key=key)
+    mx.save_safetensors(str(path), weights, metadata={"format": "mlx"})

@@ -1,0 +1,141 @@
+"""Every error Opta-LMX raises on purpose, and how each looks on the wire.
+
+    LmxError
+     ├── ConfigError                  bad or unreadable config file (start-up, reload)
+     ├── ProtocolError                a peer speaks another proto_version or sends garbage
+     └── ApiError                     anything an HTTP client sees: status + OpenAI error body
+          ├── RequestError            this request is wrong; retrying it as is will fail again
+          │    ├── InvalidRequest          400 invalid_request_error (bad JSON, wrong type, missing field)
+          │    ├── UnsupportedParameter    400 a parameter we do not honour (never silently ignored)
+          │    ├── ContextLengthExceeded   400 context_length_exceeded
+          │    └── ModelNotFound           404 model_not_found
+          └── ServiceError            the server cannot serve it now; the same request may succeed later
+               ├── WorkerUnavailable       503 the model's worker is starting, restarting or stopped
+               ├── WorkerCrashed           503 the worker died while serving this request
+               ├── GenerationTimeout       504 no token for longer than the inter-token timeout
+               └── ServerShuttingDown      503 the server is stopping
+
+Workers report failures as ``proto.Failed(code, message)``; ``failure_to_error`` turns the code back
+into the exception here, the one place where the translation happens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LmxError(Exception):
+    """Base of every error raised on purpose by Opta-LMX."""
+
+
+class ConfigError(LmxError):
+    pass
+
+
+class ProtocolError(LmxError):
+    pass
+
+
+class ApiError(LmxError):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error shape."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class RequestError(ApiError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+
+class UnsupportedParameter(RequestError):
+    code = "unsupported_parameter"
+
+
+class ContextLengthExceeded(RequestError):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class ServiceError(ApiError):
+    status = 503
+    type = "server_error"
+    retry_after: int = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class WorkerUnavailable(ServiceError):
+    code = "model_unavailable"
+
+
+class WorkerCrashed(ServiceError):
+    code = "worker_crashed"
+
+
+class GenerationTimeout(ServiceError):
+    status = 504
+    code = "generation_timeout"
+
+
+class ServerShuttingDown(ServiceError):
+    code = "server_shutdown"
+    retry_after = 5
+
+
+class EngineFailure(ApiError):
+    """The engine raised while generating: a bug or resource problem, not the client's fault."""
+
+    status = 500
+    code = "engine_error"
+
+
+_BY_CODE: dict[str, type[ApiError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        UnsupportedParameter,
+        ContextLengthExceeded,
+        ModelNotFound,
+        WorkerUnavailable,
+        WorkerCrashed,
+        GenerationTimeout,
+        ServerShuttingDown,
+        EngineFailure,
+    )
+    if cls.code is not None
+}
+
+FAILURE_CODES = frozenset(_BY_CODE)
+
+
+def failure_to_error(code: str, message: str) -> ApiError:
+    """The exception for a worker's ``Failed(code, message)``; unknown codes are engine failures."""
+    return _BY_CODE.get(code, EngineFailure)(message)

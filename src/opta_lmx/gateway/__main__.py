@@ -1,0 +1,3 @@
+from opta_lmx.gateway.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""POST /v1/chat/completions: validate, resolve the model, forward, stream or collect.
+
+Errors before the first byte are HTTP statuses; after it, a final error event in the stream
+(Starlette's rule). A client that goes away cancels its generation on the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from opta_lmx.errors import (
+    ApiError,
+    GenerationTimeout,
+    ModelNotFound,
+    ServerShuttingDown,
+    failure_to_error,
+)
+from opta_lmx.gateway.completions import ChatStream, chat_completion, error_line
+from opta_lmx.gateway.link import Pending
+from opta_lmx.gateway.schemas import ChatCompletionRequest, decode_chat_request, message_text, stop_list
+from opta_lmx.gateway.state import GatewayState
+from opta_lmx.proto import ChatMessage, Failed, Finished, FromWorker, SamplingParams, Started, TokenChunk
+
+log = logging.getLogger("opta_lmx.gateway")
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def chat_completions(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    if state.shutting_down:
+        raise ServerShuttingDown("The server is shutting down; retry shortly.")
+    body = decode_chat_request(await request.body())
+    if state.config.model(body.model) is None:
+        raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
+    status = await state.models.wait_running(body.model, state.config.server.ready_wait)
+    pending = await state.link.open(
+        status.identity, messages=_messages(body), params=_params(body)
+    )
+    try:
+        started = await _next(state, pending)
+        if isinstance(started, Finished):  # cancelled before it started: cannot happen for a live client
+            raise failure_to_error("engine_error", "the request ended before it started")
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            stream = ChatStream(body.model, include_usage)
+            return StreamingResponse(
+                _stream(state, pending, stream),
+                media_type="text/event-stream",
+                headers=_SSE_HEADERS,
+            )
+        return await _collect_unless_disconnected(request, state, pending, body.model)
+    except BaseException:
+        state.link.cancel(pending)
+        raise
+
+
+def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
+    # "developer" is the newer name of "system"; templates know only the latter.
+    return [
+        ChatMessage(role="system" if m.role == "developer" else m.role, content=message_text(m))
+        for m in body.messages
+    ]
+
+
+def _params(body: ChatCompletionRequest) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=stop_list(body.stop),
+    )
+
+
+async def _next(state: GatewayState, pending: Pending) -> FromWorker:
+    """The next worker message; a terminal Failed or a gateway-side error is raised."""
+    try:
+        async with asyncio.timeout(state.config.server.inter_token_timeout):
+            message = await pending.queue.get()
+    except TimeoutError:
+        raise GenerationTimeout(
+            f"No output from the model for {state.config.server.inter_token_timeout:g}s."
+        ) from None
+    if isinstance(message, ApiError):
+        raise message
+    if isinstance(message, Failed):
+        raise failure_to_error(message.code, message.message)
+    return message
+
+
+async def _stream(state: GatewayState, pending: Pending, stream: ChatStream) -> AsyncIterator[bytes]:
+    try:
+        yield stream.role_line()
+        while True:
+            message = await _next(state, pending)
+            if isinstance(message, TokenChunk):
+                yield stream.chunk_line(message.text)
+            elif isinstance(message, Finished):
+                yield stream.finish_lines(message)
+                return
+    except ApiError as error:
+        log.warning("stream %s ended with %s: %s", stream.id, error.code, error.message)
+        yield error_line(error)
+    finally:
+        # Also reached when the client disconnects (the generator is cancelled or closed).
+        state.link.cancel(pending)
+
+
+async def _collect(state: GatewayState, pending: Pending, model: str) -> Response:
+    parts: list[str] = []
+    while True:
+        message = await _next(state, pending)
+        if isinstance(message, TokenChunk):
+            parts.append(message.text)
+        elif isinstance(message, Finished):
+            return JSONResponse(chat_completion(model, "".join(parts), message))
+        elif isinstance(message, Started):
+            continue
+
+
+async def _collect_unless_disconnected(
+    request: Request, state: GatewayState, pending: Pending, model: str
+) -> Response:
+    """Collect the whole answer, but stop (and cancel on the worker) if the client leaves."""
+    collect = asyncio.ensure_future(_collect(state, pending, model))
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if collect.done():
+        return collect.result()
+    collect.cancel()
+    state.link.cancel(pending)
+    return Response(status_code=499)
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

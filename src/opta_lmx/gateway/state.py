@@ -1,0 +1,36 @@
+"""Everything one gateway process holds, created at start-up and reached as ``app.state.gateway``."""
+
+from __future__ import annotations
+
+import zmq.asyncio
+
+from opta_lmx.config import Config
+from opta_lmx.errors import ServerShuttingDown
+from opta_lmx.gateway.link import WorkerLink
+from opta_lmx.gateway.models import ModelTable
+from opta_lmx.runtime import Runtime
+
+
+class GatewayState:
+    def __init__(self, config: Config, runtime: Runtime) -> None:
+        self.config = config
+        self.context = zmq.asyncio.Context()
+        self.link = WorkerLink(self.context, runtime.data_address)
+        self.models = ModelTable(
+            self.context, runtime.events_address, runtime.control_address, self.link
+        )
+        self.shutting_down = False
+
+    async def start(self) -> None:
+        self.link.start()
+        await self.models.start()
+
+    def begin_shutdown(self) -> None:
+        """End every open request now with a terminal ``server_shutdown`` error."""
+        self.shutting_down = True
+        self.link.fail_all(ServerShuttingDown("The server is shutting down; retry shortly."))
+
+    def close(self) -> None:
+        self.models.close()
+        self.link.close()
+        self.context.destroy(linger=0)

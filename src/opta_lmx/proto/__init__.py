@@ -1,0 +1,71 @@
+"""The messages that travel between processes (msgspec msgpack), and nothing else.
+
+Sockets and directions:
+
+- data path, gateway ROUTER <-> worker DEALER: ``ToWorker`` one way, ``FromWorker`` back.
+- worker DEALER -> supervisor ROUTER: ``WorkerReport``; supervisor -> worker: ``WorkerCommand``.
+- lmxctl / gateway DEALER -> supervisor control ROUTER: ``ControlRequest``; back: ``ControlReply``.
+- supervisor PUB -> gateway SUB: ``ModelStatus`` events.
+
+This package imports only msgspec.
+"""
+
+from opta_lmx.proto.control import (
+    ControlReply,
+    ControlRequest,
+    ModelStatus,
+    StatusReply,
+    GetStatus,
+    CommandResult,
+)
+from opta_lmx.proto.data import (
+    Cancel,
+    ChatMessage,
+    Failed,
+    Finished,
+    FromWorker,
+    Generate,
+    SamplingParams,
+    Started,
+    TokenChunk,
+    ToWorker,
+)
+from opta_lmx.proto.lifecycle import (
+    PROTO_VERSION,
+    Heartbeat,
+    LoadFailed,
+    MemoryReading,
+    Ready,
+    Shutdown,
+    Trim,
+    WorkerCommand,
+    WorkerReport,
+)
+
+__all__ = [
+    "PROTO_VERSION",
+    "Cancel",
+    "ChatMessage",
+    "CommandResult",
+    "ControlReply",
+    "ControlRequest",
+    "Failed",
+    "Finished",
+    "FromWorker",
+    "Generate",
+    "GetStatus",
+    "Heartbeat",
+    "LoadFailed",
+    "MemoryReading",
+    "ModelStatus",
+    "Ready",
+    "SamplingParams",
+    "Shutdown",
+    "Started",
+    "StatusReply",
+    "TokenChunk",
+    "ToWorker",
+    "Trim",
+    "WorkerCommand",
+    "WorkerReport",
+]

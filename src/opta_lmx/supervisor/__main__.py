@@ -1,0 +1,3 @@
+from opta_lmx.supervisor.main import main
+
+raise SystemExit(main())

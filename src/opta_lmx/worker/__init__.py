@@ -1,0 +1,1 @@
+"""One OS process per loaded model: owns the engine, serves generate/cancel over ZeroMQ."""

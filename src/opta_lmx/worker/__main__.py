@@ -1,0 +1,3 @@
+from opta_lmx.worker.main import main
+
+raise SystemExit(main())

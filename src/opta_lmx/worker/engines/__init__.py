@@ -1,0 +1,1 @@
+"""Engines are plug-ins with one contract, ``base.Engine``; one module per engine."""

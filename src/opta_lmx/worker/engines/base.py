@@ -1,0 +1,52 @@
+"""The contract every engine keeps with the worker loop."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from opta_lmx.proto import FromWorker, Generate, MemoryReading
+
+
+class Engine(Protocol):
+    """A loaded model that generates for many requests, one step at a time.
+
+    The worker loop calls these from one thread only. Contract:
+
+    - ``submit`` accepts a request or answers at once with its ``Failed``; an accepted request
+      produces ``Started`` first, then ``TokenChunk``s, and ends with exactly one ``Finished`` or
+      ``Failed``, over the following ``step`` calls.
+    - ``step`` advances every active request by at most one token and returns the messages that
+      produced, in order. It never blocks waiting for new requests.
+    - ``cancel`` is idempotent: an unknown or finished request id is ignored. A cancelled request
+      ends with ``Finished(finish_reason="cancelled")`` so its slot is visibly freed.
+    - ``abort_all`` ends every active request with ``Failed(code, message)`` (shutdown).
+    """
+
+    model_name: str
+    ctx_len: int
+
+    @property
+    def active(self) -> int:
+        """Requests accepted and not yet finished."""
+        ...
+
+    @property
+    def progress(self) -> int:
+        """Tokens produced since start; a counter that stands still while ``active`` is hung."""
+        ...
+
+    def submit(self, request: Generate) -> list[FromWorker]: ...
+
+    def step(self) -> list[FromWorker]: ...
+
+    def cancel(self, request_id: int) -> list[FromWorker]: ...
+
+    def abort_all(self, code: str, message: str) -> list[FromWorker]: ...
+
+    def memory(self) -> MemoryReading:
+        """The engine's allocator figures (process figures are added by the worker)."""
+        ...
+
+    def trim(self) -> None:
+        """Release cached memory that no request needs."""
+        ...

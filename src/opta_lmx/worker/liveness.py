@@ -1,0 +1,67 @@
+"""Beside the model loop: heartbeats to the supervisor and the supervisor's commands."""
+
+from __future__ import annotations
+
+import threading
+
+import msgspec
+import psutil
+import zmq
+
+from opta_lmx.proto import Heartbeat, MemoryReading, Shutdown, Trim, WorkerCommand
+from opta_lmx.worker.engines.base import Engine
+
+
+def process_memory(engine: Engine | None = None) -> MemoryReading:
+    """The engine's allocator figures plus this process's RSS and USS."""
+    info = psutil.Process().memory_full_info()
+    base = engine.memory() if engine is not None else MemoryReading()
+    return msgspec.structs.replace(base, rss=info.rss, uss=getattr(info, "uss", 0))
+
+
+class Heartbeats(threading.Thread):
+    """Sends a Heartbeat every ``interval`` seconds and receives supervisor commands.
+
+    Owns the control socket from the moment it starts (ZeroMQ sockets are not shared between
+    threads). Commands become flags the model loop reads between steps.
+    """
+
+    def __init__(self, sock: zmq.Socket, engine: Engine, generation: int, interval: float) -> None:
+        super().__init__(name="heartbeats", daemon=True)
+        self._sock = sock
+        self._engine = engine
+        self._generation = generation
+        self._interval = interval
+        self.shutdown = threading.Event()
+        self.trim = threading.Event()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(WorkerCommand)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        while not self.shutdown.is_set():
+            self._send_heartbeat()
+            if poller.poll(self._interval * 1000):
+                self._receive_commands()
+
+    def _send_heartbeat(self) -> None:
+        beat = Heartbeat(
+            generation=self._generation,
+            progress=self._engine.progress,
+            active_requests=self._engine.active,
+            memory=process_memory(self._engine),
+        )
+        self._sock.send(self._encoder.encode(beat))
+
+    def _receive_commands(self) -> None:
+        while True:
+            try:
+                frame = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            match self._decoder.decode(frame):
+                case Shutdown():
+                    self.shutdown.set()
+                case Trim():
+                    self.trim.set()

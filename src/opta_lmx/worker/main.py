@@ -1,0 +1,94 @@
+"""Worker process entry point: ``python -m opta_lmx.worker --model NAME --path PATH ...``.
+
+Start-up order: watch the parent-death pipe, import the engine, load the model, connect the
+sockets, send ``Ready`` (only now is the worker RUNNING), then serve until Shutdown or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import msgspec
+import zmq
+
+from opta_lmx.proto import PROTO_VERSION, LoadFailed, Ready
+
+EXIT_LOAD_FAILED = 3
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="opta-lmx-worker")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--generation", type=int, required=True)
+    parser.add_argument("--data", required=True, help="gateway data ROUTER address")
+    parser.add_argument("--control", required=True, help="supervisor worker ROUTER address")
+    parser.add_argument("--death-fd", type=int, default=-1)
+    parser.add_argument("--heartbeat-interval", type=float, default=1.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    from opta_lmx.runtime import exit_on_parent_death
+    from opta_lmx.worker.liveness import Heartbeats, process_memory
+
+    if args.death_fd >= 0:
+        exit_on_parent_death(args.death_fd, f"worker {args.model}")
+    identity = f"{args.model}#{args.generation}".encode()
+    context = zmq.Context()
+    control = context.socket(zmq.DEALER)
+    control.setsockopt(zmq.IDENTITY, identity)
+    control.setsockopt(zmq.LINGER, 1000)
+    control.connect(args.control)
+    encoder = msgspec.msgpack.Encoder()
+
+    started = time.perf_counter()
+    try:
+        from opta_lmx.worker.engines.mlx import MlxEngine
+
+        imported = time.perf_counter()
+        engine = MlxEngine(args.model, args.path)
+    except Exception as exc:
+        message = f"cannot load {args.path!r}: {type(exc).__name__}: {exc}"
+        print(f"worker {args.model}: {message}", file=sys.stderr, flush=True)
+        control.send(encoder.encode(LoadFailed(generation=args.generation, message=message)))
+        control.close()
+        context.term()
+        return EXIT_LOAD_FAILED
+    loaded = time.perf_counter()
+
+    data = context.socket(zmq.DEALER)
+    data.setsockopt(zmq.IDENTITY, identity)
+    data.setsockopt(zmq.LINGER, 1000)
+    data.setsockopt(zmq.SNDHWM, 0)  # never drop or block a token on a slow gateway
+    data.connect(args.data)
+
+    heartbeats = Heartbeats(control, engine, args.generation, args.heartbeat_interval)
+    signal.signal(signal.SIGTERM, lambda *_: heartbeats.shutdown.set())
+    signal.signal(signal.SIGINT, lambda *_: heartbeats.shutdown.set())
+    ready = Ready(
+        proto_version=PROTO_VERSION,
+        model=args.model,
+        generation=args.generation,
+        pid=os.getpid(),
+        ctx_len=engine.ctx_len,
+        memory=process_memory(engine),
+        import_seconds=imported - started,
+        load_seconds=loaded - imported,
+    )
+    control.send(encoder.encode(ready))
+    heartbeats.start()
+
+    from opta_lmx.worker.loop import ModelLoop
+
+    ModelLoop(data, engine, heartbeats.shutdown, heartbeats.trim).run()
+    # The heartbeat thread owns the control socket: let it leave its poll before closing.
+    heartbeats.join(timeout=2 * args.heartbeat_interval + 1)
+    data.close()
+    context.destroy(linger=1000)
+    return 0
