@@ -80,3 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in reply.models:
         print(status_line(model, width))
     return 0 if all(m.state == "RUNNING" for m in reply.models) else EXIT_SOME_STOPPED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

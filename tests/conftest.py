@@ -1,0 +1,161 @@
+"""Factories for real parts: a tiny demo model built once, and real `opta-lmx serve` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import psutil
+import pytest
+
+from opta_lmx.demo.builder import build_demo_model
+
+SERVE_START_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo_model(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A real ``opta-lmx serve`` (supervisor, gateway, workers) on a free loopback port."""
+
+    def __init__(self, home: Path, config_text: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.config_path = home / "opta-lmx.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = home / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "OPTA_LMX_HOME": str(self.home)}
+
+    def start(self) -> Server:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "opta_lmx", "serve", "--config", str(self.config_path), "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_models(self, states: dict[str, str] | None = None, timeout: float = SERVE_START_TIMEOUT) -> dict:
+        """Wait until /health answers and every model is in the wanted state (RUNNING by default)."""
+        deadline = time.monotonic() + timeout
+        health: dict = {}
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            try:
+                health = httpx.get(f"{self.base_url}/health", timeout=2).json()
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            models = health.get("models", {})
+            wanted = states or {name: "RUNNING" for name in models}
+            if models and all(models.get(n) == s for n, s in wanted.items()):
+                return health
+            time.sleep(0.1)
+        raise AssertionError(f"models not ready: {health}\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def descendants(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def worker_pid(self, name: str) -> int:
+        for child in self.descendants():
+            cmd = child.cmdline()
+            if "opta_lmx.worker" in cmd and cmd[cmd.index("--model") + 1] == name:
+                return child.pid
+        raise AssertionError(f"no worker for {name}")
+
+    def gateway_pid(self) -> int:
+        return next(c.pid for c in self.descendants() if "opta_lmx.gateway" in c.cmdline())
+
+    def stop(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(self.proc.pid)
+            raise
+
+
+def kill_tree(pid: int) -> None:
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for proc in [*parent.children(recursive=True), parent]:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def model_config(models: dict[str, Path | str], extra: str = "") -> str:
+    entries = "".join(f'\n[[models]]\nname = "{n}"\npath = "{p}"\n' for n, p in models.items())
+    return extra + entries
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    """Start servers inside a test; each is stopped (and its tree killed if stuck) afterwards."""
+    servers: list[Server] = []
+
+    def make(config_text: str, name: str = "home") -> Server:
+        home = tmp_path / name
+        home.mkdir()
+        server = Server(home, config_text).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            pids = [p.pid for p in server.descendants()]
+            try:
+                server.stop()
+            finally:
+                for pid in pids:
+                    kill_tree(pid)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
+    """One shared server with the tiny model as ``tiny``, for tests that do not disturb it."""
+    home = tmp_path_factory.mktemp("server")
+    srv = Server(home, model_config({"tiny": tiny_model})).start()
+    try:
+        srv.wait_models()
+        yield srv
+    finally:
+        pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
+        srv.stop()
+        for pid in pids:
+            kill_tree(pid)

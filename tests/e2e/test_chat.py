@@ -1,0 +1,109 @@
+"""The openai SDK against a real server: gateway -> ZeroMQ -> worker -> mlx-lm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from mlx_lm.utils import load_tokenizer
+
+from tests.conftest import Server
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Tell me about the quick brown fox."},
+]
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+
+
+def stream_text(client: openai.OpenAI, **kwargs: object) -> tuple[str, list]:
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, stream=True, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks
+
+
+def test_non_streaming_chat(client: openai.OpenAI, tiny_model: Path) -> None:
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, temperature=0)
+    assert reply.object == "chat.completion"
+    assert reply.model == "tiny"
+    assert reply.id.startswith("chatcmpl-")
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason == "length"
+    prompt_ids = load_tokenizer(tiny_model).apply_chat_template(MESSAGES, add_generation_prompt=True)
+    assert reply.usage.prompt_tokens == len(prompt_ids)
+    assert reply.usage.completion_tokens == 12
+    assert reply.usage.total_tokens == len(prompt_ids) + 12
+
+
+def test_streamed_text_equals_non_streamed_at_temperature_0(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=40, temperature=0)
+    text, chunks = stream_text(client, max_tokens=40, temperature=0)
+    assert text == whole.choices[0].message.content
+    assert len(chunks) > 3
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].usage is None  # no usage chunk unless asked for
+
+
+def test_stream_include_usage_adds_a_final_usage_chunk(client: openai.OpenAI, tiny_model: Path) -> None:
+    _, chunks = stream_text(client, max_tokens=7, temperature=0, stream_options={"include_usage": True})
+    last = chunks[-1]
+    assert last.choices == []
+    prompt_ids = load_tokenizer(tiny_model).apply_chat_template(MESSAGES, add_generation_prompt=True)
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (len(prompt_ids), 7)
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_completion_tokens=3, temperature=0)
+    assert reply.usage.completion_tokens == 3
+
+
+def test_stop_string_is_cut_and_never_emitted(client: openai.OpenAI) -> None:
+    full = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=60, temperature=0)
+    text = full.choices[0].message.content
+    # A stop string from the middle of the greedy output, two characters long, so the tiny
+    # model's tokens are likely to split it.
+    start = len(text) // 2
+    stop = text[start : start + 2]
+    expected = text[: text.index(stop)]
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=60, temperature=0, stop=[stop])
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].finish_reason == "stop"
+    streamed, chunks = stream_text(client, max_tokens=60, temperature=0, stop=stop)
+    assert streamed == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_sampling_with_temperature_and_top_p_runs(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=1.5, top_p=0.5)
+    assert reply.usage.completion_tokens == 8
+
+
+def test_models_list_and_health(server: Server, client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    assert models.data[0].object == "model"
+    health = httpx.get(f"{server.base_url}/health").json()
+    assert health == {"status": "ok", "models": {"tiny": "RUNNING"}}
+
+
+def test_concurrent_requests_all_complete(client: openai.OpenAI) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> int:
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, temperature=0)
+        return reply.usage.completion_tokens
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(one, range(8))) == [16] * 8

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from opta_lmx.errors import InvalidRequest, UnsupportedParameter
+from opta_lmx.gateway.schemas import decode_chat_request, message_text, stop_list
+
+OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def body(**changes: object) -> bytes:
+    return json.dumps({**OK, **changes}).encode()
+
+
+def test_minimal_request() -> None:
+    request = decode_chat_request(body())
+    assert request.model == "m" and request.stream is False
+    assert message_text(request.messages[0]) == "hi"
+
+
+def test_text_parts_are_joined_and_neutral_values_accepted() -> None:
+    request = decode_chat_request(
+        body(
+            messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            n=1,
+            presence_penalty=0,
+            logprobs=False,
+            user="bot-7",
+            stop="x",
+        )
+    )
+    assert message_text(request.messages[0]) == "ab"
+    assert stop_list(request.stop) == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "param"),
+    [
+        (b"{not json", InvalidRequest, None),
+        (b"[]", InvalidRequest, None),
+        (json.dumps({"model": "m"}).encode(), InvalidRequest, "messages"),
+        (json.dumps({"messages": OK["messages"]}).encode(), InvalidRequest, "model"),
+        (body(messages="hi"), InvalidRequest, "messages"),
+        (body(messages=[]), InvalidRequest, "messages"),
+        (body(messages=[{"role": "wizard", "content": "x"}]), InvalidRequest, "messages[0].role"),
+        (body(messages=[{"role": "user", "content": 5}]), InvalidRequest, "messages[0].content"),
+        (body(temperature="hot"), InvalidRequest, "temperature"),
+        (body(temperature=3), InvalidRequest, "temperature"),
+        (body(max_tokens=0), InvalidRequest, "max_tokens"),
+        (body(stream="yes"), InvalidRequest, "stream"),
+        (body(stop=["a", "b", "c", "d", "e"]), InvalidRequest, "stop"),
+        (body(frobnicate=True), UnsupportedParameter, "frobnicate"),
+        (body(messages=[{"role": "user", "content": "x", "mood": 1}]), UnsupportedParameter, "messages[0].mood"),
+        (body(n=2), UnsupportedParameter, "n"),
+        (body(response_format={"type": "json_object"}), UnsupportedParameter, "response_format"),
+        (body(tools=[{"type": "function"}]), UnsupportedParameter, "tools"),
+        (body(logprobs=True), UnsupportedParameter, "logprobs"),
+        (body(seed=3), UnsupportedParameter, "seed"),
+        (
+            body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            UnsupportedParameter,
+            "messages[0].content",
+        ),
+    ],
+)
+def test_bad_input_names_the_field(raw: bytes, error: type, param: str | None) -> None:
+    with pytest.raises(error) as info:
+        decode_chat_request(raw)
+    assert type(info.value) is error
+    assert info.value.param == param
+    assert info.value.body()["error"]["param"] == param
+    if param:
+        assert param.split(".")[-1].split("[")[0] in info.value.message

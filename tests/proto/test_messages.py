@@ -1,0 +1,83 @@
+import inspect
+
+import msgspec
+import pytest
+
+from opta_lmx import proto
+from opta_lmx.proto import (
+    PROTO_VERSION,
+    Cancel,
+    ChatMessage,
+    CommandResult,
+    ControlReply,
+    ControlRequest,
+    Failed,
+    Finished,
+    FromWorker,
+    Generate,
+    GetStatus,
+    Heartbeat,
+    LoadFailed,
+    MemoryReading,
+    ModelStatus,
+    Ready,
+    SamplingParams,
+    Shutdown,
+    Started,
+    StatusReply,
+    TokenChunk,
+    ToWorker,
+    Trim,
+    WorkerCommand,
+    WorkerReport,
+)
+
+MEMORY = MemoryReading(rss=10, uss=9, mlx_active=8, mlx_cache=7, mlx_peak=6)
+STATUS = ModelStatus(name="m", state="RUNNING", seq=3, generation=2, pid=42, identity="m#2", ctx_len=2048)
+
+CASES = [
+    (ToWorker, Generate(7, [ChatMessage("user", "hi")], SamplingParams(5, 0.5, 0.9, ["x", "yz"]))),
+    (ToWorker, Generate(8, [ChatMessage("system", ""), ChatMessage("user", "é✓")])),
+    (ToWorker, Cancel(7)),
+    (FromWorker, Started(7, 12)),
+    (FromWorker, TokenChunk(7, "hello", 3)),
+    (FromWorker, Finished(7, "length", 12, 5)),
+    (FromWorker, Failed(7, "context_length_exceeded", "too long")),
+    (WorkerReport, Ready(PROTO_VERSION, "m", 2, 42, 2048, MEMORY, 0.5, 0.25)),
+    (WorkerReport, Heartbeat(2, 100, 1, MEMORY)),
+    (WorkerReport, LoadFailed(2, "no such file")),
+    (WorkerCommand, Shutdown()),
+    (WorkerCommand, Trim()),
+    (ControlRequest, GetStatus("m")),
+    (ControlRequest, GetStatus()),
+    (ControlReply, StatusReply([STATUS])),
+    (ControlReply, CommandResult(False, "nope")),
+    (ModelStatus, STATUS),
+]
+
+
+@pytest.mark.parametrize(("union", "message"), CASES, ids=lambda v: type(v).__name__)
+def test_round_trip(union: object, message: msgspec.Struct) -> None:
+    decoded = msgspec.msgpack.Decoder(union).decode(msgspec.msgpack.Encoder().encode(message))
+    assert decoded == message
+    assert type(decoded) is type(message)
+
+
+def test_every_message_has_a_round_trip_case() -> None:
+    tagged = {
+        cls
+        for _, cls in inspect.getmembers(proto, inspect.isclass)
+        if issubclass(cls, msgspec.Struct) and cls.__struct_config__.tag is not None
+    }
+    assert tagged == {type(message) for _, message in CASES}
+
+
+def test_token_chunk_is_compact() -> None:
+    # The hot message is array-like: no field names on the wire.
+    encoded = msgspec.msgpack.encode(TokenChunk(1, "a", 1))
+    assert b"request_id" not in encoded and len(encoded) < 12
+
+
+def test_unknown_tag_is_a_decode_error_not_a_crash() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.Decoder(FromWorker).decode(msgspec.msgpack.encode(["zz", 1]))
