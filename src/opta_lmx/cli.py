@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from opta_lmx.supervisor.main import run_supervisor
 
-    return run_supervisor(config, data_dir)
+    reload_source = (lambda: _serve_config(args)[0]) if args.config else None
+    return run_supervisor(config, data_dir, reload_source)
 
 
 def _serve_config(args: argparse.Namespace) -> tuple[Config, Path]:

@@ -30,21 +30,55 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     load_timeout: float = 300.0
     heartbeat_interval: float = 1.0
+    # Heartbeats missed in a row before a worker counts as dead and is killed.
+    heartbeat_misses: int = 5
+    # A worker with requests whose progress counter stands still this long is hung: killed, restarted.
+    hang_timeout: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     max_failures: int = 5
     failure_window: float = 300.0
+    # Seconds in-flight requests get to finish when a worker is stopped, evicted or swapped.
+    drain_grace: float = 30.0
     stop_grace: float = 10.0
+    # Keep one worker process started with its imports done and no model, so a load pays only
+    # for the weights.
+    warm_spare: bool = True
+
+
+class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Bytes, or a fraction (<= 1) of the machine's RAM.
+    budget: float = 0.75
+    # Fractions of the budget: above soft, workers are asked to trim; above hard for
+    # hard_readings readings in a row, the least recently used idle worker is evicted.
+    soft_limit: float = 0.85
+    hard_limit: float = 0.95
+    hard_readings: int = 3
+    # Admission estimate: weights on disk x weights_factor + kv_headroom + process_overhead.
+    weights_factor: float = 1.2
+    kv_headroom: int = 512 * 1024 * 1024
+    process_overhead: int = 256 * 1024 * 1024
+    # At most this many models loaded at once (0 = no limit).
+    max_loaded_models: int = 0
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
+    # "mlx", or "package.module:Class" for an engine plug-in.
+    engine: str = "mlx"
+    # Seconds idle before the model is unloaded: -1 never, 0 as soon as it is idle.
+    keep_alive: float = -1
+    # Never evicted to make room for another model.
+    pinned: bool = False
+    # Load when the server starts; otherwise on the first request for it.
+    load_on_start: bool = True
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    memory: MemoryConfig = MemoryConfig()
     models: list[ModelConfig] = []
     # Where built demo models, logs and state live; "" means the default data directory.
     data_dir: str = ""
@@ -81,8 +115,16 @@ def load_config(path: Path) -> Config:
 def _check(config: Config, source: str) -> None:
     if not 0 < config.server.port < 65536:
         raise ConfigError(f"{source}: server.port must be 1-65535, got {config.server.port}")
+    memory = config.memory
+    if memory.budget <= 0 or not 0 < memory.soft_limit <= memory.hard_limit <= 1:
+        raise ConfigError(f"{source}: memory needs budget > 0 and 0 < soft_limit <= hard_limit <= 1")
     seen: set[str] = set()
     for model in config.models:
+        if model.engine != "mlx" and ":" not in model.engine:
+            raise ConfigError(
+                f"{source}: model {model.name!r}: engine {model.engine!r} is not available "
+                "(use \"mlx\" or \"package.module:Class\")"
+            )
         if not _MODEL_NAME.match(model.name):
             raise ConfigError(
                 f"{source}: model name {model.name!r} must be 1-128 characters of letters, digits, "
@@ -97,3 +139,8 @@ def with_demo_model(config: Config, demo_path: Path) -> Config:
     """The config with the built-in demo model added, used when no model is configured."""
     demo = ModelConfig(name=DEMO_MODEL_NAME, path=str(demo_path))
     return msgspec.structs.replace(config, models=[demo])
+
+
+def budget_bytes(memory: MemoryConfig, total_ram: int) -> int:
+    """The memory budget in bytes: a fraction (<= 1) of the machine's RAM, or bytes."""
+    return int(memory.budget * total_ram) if memory.budget <= 1 else int(memory.budget)

@@ -11,6 +11,7 @@
           │    └── ModelNotFound           404 model_not_found
           └── ServiceError            the server cannot serve it now; the same request may succeed later
                ├── WorkerUnavailable       503 the model's worker is starting, restarting or stopped
+               ├── InsufficientMemory      507 loading the model would exceed the memory budget
                ├── WorkerCrashed           503 the worker died while serving this request
                ├── GenerationTimeout       504 no token for longer than the inter-token timeout
                └── ServerShuttingDown      503 the server is stopping
@@ -96,6 +97,12 @@ class WorkerUnavailable(ServiceError):
     code = "model_unavailable"
 
 
+class InsufficientMemory(ServiceError):
+    status = 507
+    code = "insufficient_memory"
+    retry_after = 30
+
+
 class WorkerCrashed(ServiceError):
     code = "worker_crashed"
 
@@ -125,6 +132,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
         ContextLengthExceeded,
         ModelNotFound,
         WorkerUnavailable,
+        InsufficientMemory,
         WorkerCrashed,
         GenerationTimeout,
         ServerShuttingDown,

@@ -47,8 +47,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 async def list_models(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     data = [
-        {"id": model.name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx"}
-        for model in state.config.models
+        {"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx"}
+        for name in state.models.names()
     ]
     return JSONResponse({"object": "list", "data": data})
 
@@ -56,9 +56,9 @@ async def list_models(request: Request) -> Response:
 async def health(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     models = {}
-    for model in state.config.models:
-        status = state.models.get(model.name)
-        models[model.name] = status.state if status else "UNKNOWN"
+    for name in state.models.names():
+        status = state.models.get(name)
+        models[name] = status.state if status else "UNKNOWN"
     ok = not state.shutting_down
     body = {"status": "ok" if ok else "shutting_down", "models": models}
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -29,6 +29,7 @@ from opta_lmx.proto import ChatMessage, Failed, Finished, FromWorker, SamplingPa
 log = logging.getLogger("opta_lmx.gateway")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_LOADING_KEEPALIVE = 2.0
 
 
 async def chat_completions(request: Request) -> Response:
@@ -36,28 +37,65 @@ async def chat_completions(request: Request) -> Response:
     if state.shutting_down:
         raise ServerShuttingDown("The server is shutting down; retry shortly.")
     body = decode_chat_request(await request.body())
-    if state.config.model(body.model) is None:
+    status = state.models.get(body.model)
+    if status is None:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
-    status = await state.models.wait_running(body.model, state.config.server.ready_wait)
-    pending = await state.link.open(
-        status.identity, messages=_messages(body), params=_params(body)
-    )
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        stream = ChatStream(body.model, include_usage)
+        if status.state != "RUNNING":
+            # A load can take long: answer now and keep the connection warm with SSE comments.
+            return _sse(_stream_after_load(state, body, stream))
+        pending = await _prepare(state, body)
+        return _sse(_stream(state, pending, stream))
+    pending = await _prepare(state, body)
     try:
-        started = await _next(state, pending)
-        if isinstance(started, Finished):  # cancelled before it started: cannot happen for a live client
-            raise failure_to_error("engine_error", "the request ended before it started")
-        if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            stream = ChatStream(body.model, include_usage)
-            return StreamingResponse(
-                _stream(state, pending, stream),
-                media_type="text/event-stream",
-                headers=_SSE_HEADERS,
-            )
         return await _collect_unless_disconnected(request, state, pending, body.model)
     except BaseException:
         state.link.cancel(pending)
         raise
+
+
+def _sse(lines: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(lines, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _prepare(state: GatewayState, body: ChatCompletionRequest) -> Pending:
+    """Load the model if needed, send the request, and wait for the worker to accept it."""
+    settings = state.config
+    status = await state.models.ready(
+        body.model, settings.server.ready_wait, settings.supervisor.load_timeout
+    )
+    pending = await state.link.open(status.identity, messages=_messages(body), params=_params(body))
+    try:
+        first = await _next(state, pending)
+        if not isinstance(first, Started):
+            raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
+    except BaseException:
+        state.link.cancel(pending)
+        raise
+    return pending
+
+
+async def _stream_after_load(
+    state: GatewayState, body: ChatCompletionRequest, stream: ChatStream
+) -> AsyncIterator[bytes]:
+    preparing = asyncio.ensure_future(_prepare(state, body))
+    try:
+        while True:
+            done, _ = await asyncio.wait({preparing}, timeout=_LOADING_KEEPALIVE)
+            if done:
+                break
+            yield b": loading model\n\n"
+        pending = preparing.result()
+    except ApiError as error:
+        yield error_line(error)
+        return
+    finally:
+        if not preparing.done():
+            preparing.cancel()
+    async for line in _stream(state, pending, stream):
+        yield line
 
 
 def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
@@ -119,8 +157,6 @@ async def _collect(state: GatewayState, pending: Pending, model: str) -> Respons
             parts.append(message.text)
         elif isinstance(message, Finished):
             return JSONResponse(chat_completion(model, "".join(parts), message))
-        elif isinstance(message, Started):
-            continue
 
 
 async def _collect_unless_disconnected(
@@ -133,9 +169,10 @@ async def _collect_unless_disconnected(
         await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watch.cancel()
-    if collect.done():
+        if not collect.done():
+            collect.cancel()
+    if collect.done() and not collect.cancelled():
         return collect.result()
-    collect.cancel()
     state.link.cancel(pending)
     return Response(status_code=499)
 

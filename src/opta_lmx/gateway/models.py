@@ -13,13 +13,14 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from opta_lmx.errors import WorkerCrashed, WorkerUnavailable
+from opta_lmx.errors import ApiError, ModelNotFound, WorkerCrashed, WorkerUnavailable, failure_to_error
 from opta_lmx.gateway.link import WorkerLink
-from opta_lmx.proto import ControlReply, GetStatus, ModelStatus, StatusReply
+from opta_lmx.proto import CommandResult, ControlReply, ControlRequest, EnsureLoaded, GetStatus, ModelStatus, StatusReply
 
 log = logging.getLogger("opta_lmx.gateway")
 
 _SNAPSHOT_TIMEOUT = 5.0
+_CONTROL_TIMEOUT = 30.0
 
 
 class ModelTable:
@@ -29,6 +30,7 @@ class ModelTable:
         self._control_address = control
         self._link = link
         self._statuses: dict[str, ModelStatus] = {}
+        self._seen_seq = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
@@ -48,35 +50,80 @@ class ModelTable:
     def get(self, name: str) -> ModelStatus | None:
         return self._statuses.get(name)
 
-    async def wait_running(self, name: str, timeout: float) -> ModelStatus:
-        """The model's status once RUNNING; ``WorkerUnavailable`` if it is not within ``timeout``."""
+    def names(self) -> list[str]:
+        return list(self._statuses)
+
+    async def ready(self, name: str, ready_wait: float, load_timeout: float) -> ModelStatus:
+        """The RUNNING status of ``name``, loading it first if it is not loaded.
+
+        Raises ``ModelNotFound``, ``InsufficientMemory`` (no room even after evicting idle models),
+        or ``WorkerUnavailable`` (FATAL, or not ready in time).
+        """
+        status = self._statuses.get(name)
+        if status is None:
+            raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+        if status.state == "RUNNING" and status.identity:
+            return status
+        cold = status.state in ("STOPPED", "EXITED", "STARTING")
+        after_seq = 0
+        if status.state != "STARTING":
+            result = await self._control(EnsureLoaded(name))
+            if not isinstance(result, CommandResult) or not result.ok:
+                raise self._refusal(result)
+            after_seq = result.seq
+        return await self.wait_running(name, load_timeout if cold else ready_wait, after_seq)
+
+    @staticmethod
+    def _refusal(result: ControlReply | None) -> ApiError:
+        if isinstance(result, CommandResult):
+            return failure_to_error(result.code, result.message)
+        return WorkerUnavailable("The supervisor did not answer; retry shortly.")
+
+    async def wait_running(self, name: str, timeout: float, after_seq: int = 0) -> ModelStatus:
+        """The model's status once RUNNING; ``WorkerUnavailable`` if it is not within ``timeout``
+        or stops trying (FATAL, STOPPED) in an event at or after ``after_seq``."""
+
+        def settled() -> bool:
+            return self._is_running(name) or (self._seen_seq >= after_seq and self._gave_up(name))
+
         try:
             async with asyncio.timeout(timeout):
                 async with self._changed:
-                    await self._changed.wait_for(lambda: self._is_running(name))
+                    await self._changed.wait_for(settled)
         except TimeoutError:
+            pass
+        if not self._is_running(name):
             status = self._statuses.get(name)
             detail = f"{status.state}: {status.description}" if status else "unknown state"
             raise WorkerUnavailable(f"Model '{name}' is not ready ({detail}); retry shortly.") from None
         return self._statuses[name]
 
+    def _gave_up(self, name: str) -> bool:
+        status = self._statuses.get(name)
+        return status is None or status.state in ("FATAL", "STOPPED")
+
     def _is_running(self, name: str) -> bool:
         status = self._statuses.get(name)
         return status is not None and status.state == "RUNNING" and bool(status.identity)
 
-    async def _snapshot(self) -> list[ModelStatus]:
+    async def _control(self, request: ControlRequest, timeout: float = _CONTROL_TIMEOUT) -> ControlReply | None:
+        """One request to the supervisor on a fresh DEALER (cold path only: loads, snapshots)."""
         dealer = self._context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(self._control_address)
         try:
-            await dealer.send(msgspec.msgpack.encode(GetStatus()))
-            async with asyncio.timeout(_SNAPSHOT_TIMEOUT):
-                reply = msgspec.msgpack.decode(await dealer.recv(), type=ControlReply)
+            await dealer.send(msgspec.msgpack.encode(request))
+            async with asyncio.timeout(timeout):
+                return msgspec.msgpack.decode(await dealer.recv(), type=ControlReply)
         except TimeoutError:
-            log.warning("no status snapshot from the supervisor; waiting for events")
-            return []
+            return None
         finally:
             dealer.close(linger=0)
+
+    async def _snapshot(self) -> list[ModelStatus]:
+        reply = await self._control(GetStatus(), _SNAPSHOT_TIMEOUT)
+        if reply is None:
+            log.warning("no status snapshot from the supervisor; waiting for events")
         return reply.models if isinstance(reply, StatusReply) else []
 
     async def _follow(self, sub: zmq.asyncio.Socket) -> None:
@@ -89,9 +136,13 @@ class ModelTable:
 
     async def _apply(self, status: ModelStatus) -> None:
         old = self._statuses.get(status.name)
+        self._seen_seq = max(self._seen_seq, status.seq)
         if old is not None and status.seq <= old.seq:
             return
-        self._statuses[status.name] = status
+        if status.removed:
+            self._statuses.pop(status.name, None)
+        else:
+            self._statuses[status.name] = status
         if old is not None and old.identity and old.identity != status.identity:
             self._link.fail_identity(
                 old.identity,

@@ -21,13 +21,55 @@ class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     ctx_len: int = 0
     started_at: float = 0.0
     description: str = ""
+    memory: int = 0
+    active_requests: int = 0
+    # Set when a reload removed the model: subscribers forget it.
+    removed: bool = False
 
 
 class GetStatus(msgspec.Struct, tag="status", frozen=True):
     name: str | None = None
 
 
-ControlRequest = GetStatus
+class EnsureLoaded(msgspec.Struct, tag="ensure_loaded", frozen=True):
+    """From the gateway: a request wants this model; load it (once) unless it is loaded."""
+
+    name: str
+
+
+class Start(msgspec.Struct, tag="start", frozen=True):
+    name: str
+
+
+class Stop(msgspec.Struct, tag="stop", frozen=True):
+    name: str
+
+
+class Restart(msgspec.Struct, tag="restart", frozen=True):
+    name: str
+
+
+class Signal(msgspec.Struct, tag="signal", frozen=True):
+    name: str
+    signal: str = "KILL"
+
+
+class Tail(msgspec.Struct, tag="tail", frozen=True):
+    """The worker log from byte ``offset`` (negative: the last ``-offset`` bytes)."""
+
+    name: str
+    offset: int = -1600
+
+
+class Reload(msgspec.Struct, tag="reload", frozen=True):
+    pass
+
+
+class ShutdownServer(msgspec.Struct, tag="shutdown_server", frozen=True):
+    pass
+
+
+ControlRequest = GetStatus | EnsureLoaded | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer
 
 
 class StatusReply(msgspec.Struct, tag="status_reply", frozen=True):
@@ -35,8 +77,21 @@ class StatusReply(msgspec.Struct, tag="status_reply", frozen=True):
 
 
 class CommandResult(msgspec.Struct, tag="result", frozen=True):
+    """``code`` names the failure for programs (e.g. ``insufficient_memory``, ``model_not_found``).
+
+    ``seq`` is the supervisor's event sequence number once the command took effect: a subscriber
+    that has seen events up to ``seq`` sees the command's consequences.
+    """
+
     ok: bool
     message: str = ""
+    code: str = ""
+    seq: int = 0
 
 
-ControlReply = StatusReply | CommandResult
+class TailReply(msgspec.Struct, tag="tail_reply", frozen=True):
+    text: str
+    offset: int
+
+
+ControlReply = StatusReply | CommandResult | TailReply

@@ -50,7 +50,9 @@ WorkerReport = Ready | Heartbeat | LoadFailed
 
 
 class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
-    """Finish nothing new; exit promptly."""
+    """Accept nothing new; with ``drain``, finish the requests in flight first; then exit."""
+
+    drain: bool = True
 
 
 class Trim(msgspec.Struct, tag="trim", frozen=True):

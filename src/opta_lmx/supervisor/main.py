@@ -1,8 +1,9 @@
 """The supervisor: the service's main process, owner of every child.
 
 It binds the control ROUTER (lmxctl, gateway), the events PUB and the workers ROUTER, spawns the
-gateway and one worker per configured model, and turns SIGTERM/SIGINT into an orderly stop:
-gateway first (it ends open streams itself), then workers (group SIGTERM, SIGKILL after grace).
+gateway and the workers, loads models on demand within the memory budget, polices liveness and
+memory, and turns SIGTERM/SIGINT into an orderly stop: gateway first (it ends open streams
+itself), then workers (group SIGTERM, SIGKILL after grace).
 """
 
 from __future__ import annotations
@@ -12,37 +13,39 @@ import logging
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import msgspec
+import psutil
 import zmq
 import zmq.asyncio
 
-from opta_lmx.config import Config
-from opta_lmx.proto import (
-    CommandResult,
-    ControlReply,
-    ControlRequest,
-    GetStatus,
-    ModelStatus,
-    StatusReply,
-    WorkerReport,
-)
+from opta_lmx.config import Config, ModelConfig, budget_bytes
+from opta_lmx.proto import CommandResult, ModelStatus, Trim, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
+from opta_lmx.supervisor import memory_policy as policy
+from opta_lmx.supervisor.control import serve_control
 from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, spawn, terminate
+from opta_lmx.supervisor.states import State
 from opta_lmx.supervisor.worker_process import WorkerAddresses, WorkerProcess
 
 log = logging.getLogger("opta_lmx.supervisor")
 
 _GATEWAY_RESTART_DELAY = 1.0
 _GATEWAY_STOP_GRACE = 5.0
+_TRIM_COOLDOWN = 10.0
+
+ConfigSource = Callable[[], Config]
 
 
 class Supervisor:
-    def __init__(self, config: Config, data_dir: Path, runtime: Runtime) -> None:
-        self._config = config
-        self._data_dir = data_dir
-        self._runtime = runtime
+    def __init__(self, config: Config, data_dir: Path, runtime: Runtime, reload_source: ConfigSource | None) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.runtime = runtime
+        self.reload_source = reload_source
         self._death = DeathPipe()
         self._context = zmq.asyncio.Context()
         self._control = self._bind(zmq.ROUTER, runtime.control_address)
@@ -50,12 +53,12 @@ class Supervisor:
         self._reports = self._bind(zmq.ROUTER, runtime.workers_address)
         self._encoder = msgspec.msgpack.Encoder()
         self._seq = 0
-        addresses = WorkerAddresses(runtime.data_address, runtime.workers_address)
-        log_dir = data_dir / "logs"
-        self.workers: dict[str, WorkerProcess] = {
-            model.name: WorkerProcess(model, config.supervisor, addresses, self._death, log_dir, self._publish)
-            for model in config.models
-        }
+        self._addresses = WorkerAddresses(runtime.data_address, runtime.workers_address)
+        self.workers: dict[str, WorkerProcess] = {m.name: self._make_worker(m) for m in config.models}
+        self._admission = asyncio.Lock()
+        self._stopping_tasks: dict[str, asyncio.Task[None]] = {}
+        self._trimmed_at: dict[str, float] = {}
+        self._over_hard = 0
         self._stopping = asyncio.Event()
         self._gateway: asyncio.subprocess.Process | None = None
         self._exit_code = 0
@@ -68,6 +71,17 @@ class Supervisor:
         sock.bind(address)
         return sock
 
+    def _make_worker(self, model: ModelConfig) -> WorkerProcess:
+        return WorkerProcess(
+            model,
+            self.config.supervisor,
+            self._addresses,
+            self._death,
+            self.data_dir / "logs",
+            self.publish,
+            self.send_to_worker,
+        )
+
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -75,20 +89,20 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        self._runtime.config_path.write_bytes(msgspec.json.encode(self._config))
-        control_file = control_address_file(self._data_dir)
+        self.runtime.config_path.write_bytes(msgspec.json.encode(self.config))
+        control_file = control_address_file(self.data_dir)
         control_file.parent.mkdir(parents=True, exist_ok=True)
-        control_file.write_text(self._runtime.control_address + "\n")
+        control_file.write_text(self.runtime.control_address + "\n")
         tasks = [
-            asyncio.create_task(self._serve_control(), name="control"),
+            asyncio.create_task(serve_control(self, self._control), name="control"),
             asyncio.create_task(self._serve_reports(), name="reports"),
+            asyncio.create_task(self._police_forever(), name="police"),
+            asyncio.create_task(self._load_on_start(), name="load-on-start"),
             asyncio.create_task(self._keep_gateway(), name="gateway"),
         ]
-        for worker in self.workers.values():
-            worker.start()
         await self._stopping.wait()
         await self._shutdown(tasks)
-        if control_file.read_text().strip() == self._runtime.control_address:
+        if control_file.exists() and control_file.read_text().strip() == self.runtime.control_address:
             control_file.unlink(missing_ok=True)
         return self._exit_code
 
@@ -97,42 +111,37 @@ class Supervisor:
         tasks[-1].cancel()  # the gateway keeper: no restart from here on
         if self._gateway is not None:
             await terminate(self._gateway, _GATEWAY_STOP_GRACE)
-        await asyncio.gather(*(w.stop() for w in self.workers.values()))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(w.stop("server shutdown", drain=False) for w in self.workers.values()))
         self._context.destroy(linger=0)
         self._death.close()
-        shutil.rmtree(self._runtime.directory, ignore_errors=True)
+        shutil.rmtree(self.runtime.directory, ignore_errors=True)
         log.info("stopped")
 
-    def _publish(self, worker: WorkerProcess) -> None:
+    # -- events and worker commands --------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def publish(self, worker: WorkerProcess) -> None:
         self._seq += 1
-        status = worker.status(self._seq)
-        self._events.send(self._encoder.encode(status))
+        self._events.send(self._encoder.encode(worker.status(self._seq)))
+
+    def publish_removed(self, name: str) -> None:
+        self._seq += 1
+        self._events.send(self._encoder.encode(ModelStatus(name, State.STOPPED.value, self._seq, removed=True)))
 
     def statuses(self) -> list[ModelStatus]:
         return [w.status(self._seq) for w in self.workers.values()]
 
-    async def _serve_control(self) -> None:
-        decoder = msgspec.msgpack.Decoder(ControlRequest)
-        while True:
-            client, payload = await self._control.recv_multipart()
-            try:
-                request = decoder.decode(payload)
-            except msgspec.DecodeError as exc:
-                log.warning("control: undecodable request: %s", exc)
-                continue
-            match request:
-                case GetStatus(name=name):
-                    models = [s for s in self.statuses() if name is None or s.name == name]
-                    reply: ControlReply = StatusReply(models=models)
-                case _:
-                    reply = CommandResult(ok=False, message=f"unknown command {request!r}")
-            try:
-                await self._control.send_multipart([client, self._encoder.encode(reply)])
-            except zmq.ZMQError:
-                pass  # the client left before its reply
+    def send_to_worker(self, identity: str, command: WorkerCommand) -> None:
+        try:
+            self._reports.send_multipart([identity.encode(), self._encoder.encode(command)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("cannot reach worker %s: %s", identity, exc)
 
     async def _serve_reports(self) -> None:
         decoder = msgspec.msgpack.Decoder(WorkerReport)
@@ -149,13 +158,146 @@ class Supervisor:
                 continue
             worker.on_report(int(generation), report)
 
+    # -- loading within the budget ---------------------------------------------------------
+
+    def _estimate(self, worker: WorkerProcess) -> int:
+        memory = self.config.memory
+        return policy.estimate_need(
+            Path(worker.model.path), memory.weights_factor, memory.kv_headroom, memory.process_overhead
+        )
+
+    def budget(self) -> int:
+        return budget_bytes(self.config.memory, psutil.virtual_memory().total)
+
+    async def load(self, worker: WorkerProcess) -> CommandResult:
+        """Start ``worker`` if its estimated need fits, evicting idle workers LRU-first to make room.
+
+        One admission at a time, so two loads never count the same free memory; a worker that is
+        already alive is left alone, so concurrent first requests share one load.
+        """
+        async with self._admission:
+            if worker.alive:
+                worker.last_used = time.monotonic()
+                return CommandResult(ok=True, message=f"{worker.name}: {worker.state.value}")
+            pending = self._stopping_tasks.get(worker.name)
+            if pending is not None:
+                await pending
+            need = self._estimate(worker)
+            loaded = [
+                w.view(max(w.memory_used(), self._estimate(w)))
+                for w in self.workers.values()
+                if w.alive and w is not worker and w.name not in self._stopping_tasks
+            ]
+            decision = policy.admit(need, loaded, self.budget(), self.config.memory.max_loaded_models)
+            if isinstance(decision, policy.Refuse):
+                message = (
+                    f"Cannot load '{worker.name}': it needs about {_mib(decision.needed)} and "
+                    f"{_mib(decision.available)} of the {_mib(self.budget())} budget is free ({decision.reason})."
+                )
+                log.warning(message)
+                return CommandResult(ok=False, message=message, code="insufficient_memory")
+            for victim in decision.evict:
+                await self.workers[victim].stop(f"evicted to make room for {worker.name}")
+            worker.start()
+            return CommandResult(ok=True, message=f"{worker.name}: loading")
+
+    async def _load_on_start(self) -> None:
+        for worker in list(self.workers.values()):
+            if worker.model.load_on_start:
+                result = await self.load(worker)
+                if not result.ok:
+                    worker.description = result.message
+                    self.publish(worker)
+
+    # -- policing ----------------------------------------------------------------------------
+
+    def stop_in_background(self, worker: WorkerProcess, reason: str) -> None:
+        if worker.name in self._stopping_tasks:
+            return
+        task = asyncio.create_task(worker.stop(reason), name=f"stop:{worker.name}")
+        self._stopping_tasks[worker.name] = task
+        task.add_done_callback(lambda _: self._stopping_tasks.pop(worker.name, None))
+
+    async def _police_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.supervisor.heartbeat_interval)
+            try:
+                self.police_once(time.monotonic())
+            except Exception:  # a policing bug must not stop supervision
+                log.exception("policing failed")
+
+    def police_once(self, now: float) -> None:
+        running = [w for w in self.workers.values() if w.state is State.RUNNING and w.name not in self._stopping_tasks]
+        for worker in running:
+            problem = worker.liveness_problem(now)
+            if problem is not None:
+                log.error("%s: %s; killing it", worker.name, problem)
+                worker.kill(signal.SIGKILL, problem)
+            elif self._idle_expired(worker, now):
+                self.stop_in_background(worker, f"unloaded after {worker.idle_for(now):.0f}s idle (keep_alive)")
+        self._police_memory([w for w in running if w.name not in self._stopping_tasks], now)
+
+    def _idle_expired(self, worker: WorkerProcess, now: float) -> bool:
+        keep_alive = worker.model.keep_alive
+        if keep_alive < 0 or worker.model.pinned:
+            return False
+        # Never less than two heartbeats: a request sent right after Ready must show up first.
+        return worker.idle_for(now) > max(keep_alive, 2 * self.config.supervisor.heartbeat_interval)
+
+    def _police_memory(self, running: list[WorkerProcess], now: float) -> None:
+        budget = self.budget()
+        memory = self.config.memory
+        limits = policy.Limits(
+            budget, int(budget * memory.soft_limit), int(budget * memory.hard_limit), memory.hard_readings
+        )
+        views = [w.view(w.memory_used()) for w in running]
+        actions, self._over_hard = policy.police(views, limits, self._over_hard)
+        for action in actions:
+            worker = self.workers[action.name]
+            match action:
+                case policy.Trim() if now - self._trimmed_at.get(worker.name, -_TRIM_COOLDOWN) >= _TRIM_COOLDOWN:
+                    self._trimmed_at[worker.name] = now
+                    self.send_to_worker(worker.identity, Trim())
+                case policy.Evict(reason=reason):
+                    self.stop_in_background(worker, f"evicted: {reason}")
+                case policy.Kill(reason=reason):
+                    log.error("%s: %s; killing it", worker.name, reason)
+                    worker.kill(signal.SIGKILL, reason)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    async def reload(self, new: Config) -> CommandResult:
+        """Apply a new config: add, remove and replace changed models; unchanged workers stay."""
+        old = {name: w.model for name, w in self.workers.items()}
+        fresh = {m.name: m for m in new.models}
+        notes: list[str] = []
+        if new.server != self.config.server:
+            notes.append("server settings change on restart only")
+        self.config = msgspec.structs.replace(new, server=self.config.server)
+        self.runtime.config_path.write_bytes(msgspec.json.encode(self.config))
+        for name in [n for n in old if n not in fresh or fresh[n] != old[n]]:
+            await self.workers.pop(name).stop("removed by reload" if name not in fresh else "changed by reload")
+            self.publish_removed(name)
+            notes.append(f"{name}: {'removed' if name not in fresh else 'replaced'}")
+        for name, model in fresh.items():
+            if name in self.workers:
+                continue
+            self.workers[name] = worker = self._make_worker(model)
+            self.publish(worker)
+            notes.append(f"{name}: added" if name not in old else "")
+            if model.load_on_start:
+                await self.load(worker)
+        return CommandResult(ok=True, message="; ".join(n for n in notes if n) or "no changes")
+
+    # -- the gateway -------------------------------------------------------------------------
+
     async def _keep_gateway(self) -> None:
         argv = [
             sys.executable,
             "-m",
             "opta_lmx.gateway",
             "--runtime-dir",
-            str(self._runtime.directory),
+            str(self.runtime.directory),
             "--death-fd",
             str(self._death.read_fd),
         ]
@@ -171,16 +313,20 @@ class Supervisor:
             await asyncio.sleep(_GATEWAY_RESTART_DELAY)
 
 
-def run_supervisor(config: Config, data_dir: Path) -> int:
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def run_supervisor(config: Config, data_dir: Path, reload_source: ConfigSource | None = None) -> int:
     runtime = Runtime.create()
     try:
-        return asyncio.run(_main(config, data_dir, runtime))
+        return asyncio.run(_main(config, data_dir, runtime, reload_source))
     finally:
         shutil.rmtree(runtime.directory, ignore_errors=True)
 
 
-async def _main(config: Config, data_dir: Path, runtime: Runtime) -> int:
-    return await Supervisor(config, data_dir, runtime).run()
+async def _main(config: Config, data_dir: Path, runtime: Runtime, reload_source: ConfigSource | None) -> int:
+    return await Supervisor(config, data_dir, runtime, reload_source).run()
 
 
 def main() -> int:

@@ -46,16 +46,16 @@ async def spawn(argv: list[str], log: Path | None, death: DeathPipe) -> asyncio.
 async def terminate(proc: asyncio.subprocess.Process, grace: float) -> int:
     """SIGTERM the process group, SIGKILL it after ``grace`` seconds; returns the exit status."""
     if proc.returncode is None:
-        _signal_group(proc.pid, signal.SIGTERM)
+        signal_group(proc.pid, signal.SIGTERM)
         try:
             return await asyncio.wait_for(proc.wait(), grace)
         except asyncio.TimeoutError:
             pass
-    _signal_group(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     return await proc.wait()
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):

@@ -1,17 +1,35 @@
-"""One configured model's worker process and its life: start, ready, crash, backoff, stop."""
+"""One configured model's worker process and its life: start, ready, crash, backoff, stop.
+
+Why a worker stopped is kept apart, because operators read it: a crash (exit status or signal,
+with the tail of its log), a kill by the supervisor (hung, silent, memory), an eviction, an idle
+unload, or an operator stop. Only crashes and supervisor kills are restarted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from opta_lmx.config import ModelConfig, SupervisorConfig
-from opta_lmx.proto import PROTO_VERSION, Heartbeat, LoadFailed, ModelStatus, Ready, WorkerReport
-from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, log_tail, spawn, terminate
+from opta_lmx.proto import (
+    PROTO_VERSION,
+    Heartbeat,
+    LoadFailed,
+    ModelStatus,
+    Ready,
+    Shutdown,
+    WorkerCommand,
+    WorkerReport,
+)
+from opta_lmx.supervisor.memory_policy import WorkerView
+from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, log_tail, signal_group, spawn, terminate
 from opta_lmx.supervisor.states import Backoff, State
 
 log = logging.getLogger("opta_lmx.supervisor")
@@ -38,6 +56,7 @@ class WorkerProcess:
         death: DeathPipe,
         log_dir: Path,
         on_change: Callable[[WorkerProcess], None],
+        send: Callable[[str, WorkerCommand], None],
     ) -> None:
         self.model = model
         self._settings = settings
@@ -45,16 +64,21 @@ class WorkerProcess:
         self._death = death
         self.log_path = log_dir / f"{model.name.replace('/', '_')}.log"
         self._on_change = on_change
+        self._send = send
         self._backoff = Backoff(
             settings.backoff_initial, settings.backoff_max, settings.max_failures, settings.failure_window
         )
         self.state = State.STOPPED
-        self.description = "Not started"
+        self.description = "Not started" if model.load_on_start else "Not loaded (loads on first request)"
         self.generation = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self.ready: Ready | None = None
         self.last_heartbeat: Heartbeat | None = None
+        self.last_used = time.monotonic()
+        self._heard_at = 0.0
+        self._progress_at = 0.0
+        self._kill_reason: str | None = None
         self._report: asyncio.Future[WorkerReport] | None = None
         self._life: asyncio.Task[None] | None = None
 
@@ -65,6 +89,23 @@ class WorkerProcess:
     @property
     def identity(self) -> str:
         return f"{self.name}#{self.generation}"
+
+    @property
+    def alive(self) -> bool:
+        """Started and not given up: STARTING, RUNNING or BACKOFF."""
+        return self._life is not None and not self._life.done()
+
+    @property
+    def active_requests(self) -> int:
+        return self.last_heartbeat.active_requests if self.last_heartbeat else 0
+
+    def memory_used(self) -> int:
+        """The larger of the worker's own report and the OS view of its process tree (USS)."""
+        reported = self.last_heartbeat.memory.uss if self.last_heartbeat else 0
+        return max(reported, _tree_uss(self.proc.pid) if self.proc and self.proc.returncode is None else 0)
+
+    def view(self, used: int) -> WorkerView:
+        return WorkerView(self.name, used, self.active_requests > 0, self.model.pinned, self.last_used)
 
     def status(self, seq: int) -> ModelStatus:
         running = self.state is State.RUNNING
@@ -78,17 +119,30 @@ class WorkerProcess:
             ctx_len=self.ready.ctx_len if running and self.ready else 0,
             started_at=self.started_at,
             description=self.description,
+            memory=self.last_heartbeat.memory.uss if running and self.last_heartbeat else 0,
+            active_requests=self.active_requests if running else 0,
         )
 
     def start(self) -> None:
         """Start (or, from FATAL, start again); a no-op while already alive."""
-        if self._life is not None and not self._life.done():
+        if self.alive:
             return
         self._backoff.reset()
+        self.last_used = time.monotonic()
         self._life = asyncio.create_task(self._supervise(), name=f"worker:{self.name}")
+        # Published before the caller answers anyone, so "not loaded" is never read as "gave up".
+        self._set(State.STARTING, "spawning")
 
-    async def stop(self) -> None:
-        """Operator stop: never restarted afterwards."""
+    async def wait_settled(self, timeout: float) -> State:
+        """Wait until the worker is RUNNING or has stopped trying (FATAL/STOPPED); returns the state."""
+        deadline = time.monotonic() + timeout
+        while self.state not in (State.RUNNING, State.FATAL, State.STOPPED) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.state
+
+    async def stop(self, reason: str = "stopped by operator", drain: bool = True) -> None:
+        """Stop for good (never restarted): drain in-flight requests first when asked to."""
+        was_alive = self.alive
         life, self._life = self._life, None
         if life is not None:
             life.cancel()
@@ -96,21 +150,58 @@ class WorkerProcess:
                 await life
             except asyncio.CancelledError:
                 pass
-        if self.proc is not None and self.proc.returncode is None:
-            self._set(State.STOPPING, "stopping")
-            await terminate(self.proc, self._settings.stop_grace)
-        if self.state is not State.FATAL:
-            self._set(State.STOPPED, "stopped")
+        proc = self.proc
+        was_running = proc is not None and proc.returncode is None
+        if proc is not None and was_running:
+            self._set(State.STOPPING, reason)
+            if drain and self.ready is not None:
+                self._send(self.identity, Shutdown(drain=True))
+                try:
+                    await asyncio.wait_for(proc.wait(), self._settings.drain_grace)
+                except asyncio.TimeoutError:
+                    log.warning("%s: requests still running after drain_grace; stopping anyway", self.name)
+            await terminate(proc, self._settings.stop_grace)
+        if was_alive or was_running:
+            self._set(State.STOPPED, reason)
+
+    def kill(self, sig: signal.Signals, reason: str) -> bool:
+        """Signal the worker's process group; the exit is then handled as a failure (restart)."""
+        if self.proc is None or self.proc.returncode is not None:
+            return False
+        self._kill_reason = reason
+        signal_group(self.proc.pid, sig)
+        return True
 
     def on_report(self, generation: int, report: WorkerReport) -> None:
         if generation != self.generation:
             return  # a message from an earlier incarnation
+        now = time.monotonic()
+        self._heard_at = now
         match report:
             case Heartbeat():
+                previous = self.last_heartbeat
+                if previous is None or report.progress != previous.progress:
+                    self._progress_at = now
+                if report.active_requests > 0 or (previous and report.progress != previous.progress):
+                    self.last_used = now
                 self.last_heartbeat = report
             case Ready() | LoadFailed():
                 if self._report is not None and not self._report.done():
                     self._report.set_result(report)
+
+    def liveness_problem(self, now: float) -> str | None:
+        """Why a RUNNING worker must be killed (silent, or busy without progress), else None."""
+        if self.state is not State.RUNNING:
+            return None
+        silent = now - self._heard_at
+        if silent > self._settings.heartbeat_misses * self._settings.heartbeat_interval:
+            return f"no heartbeat for {silent:.1f}s"
+        if self.active_requests > 0 and now - self._progress_at > self._settings.hang_timeout:
+            return f"hung: {self.active_requests} requests and no progress for {now - self._progress_at:.1f}s"
+        return None
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self.active_requests else now - self.last_used
 
     async def _supervise(self) -> None:
         while True:
@@ -127,6 +218,7 @@ class WorkerProcess:
         self.generation += 1
         self.ready = None
         self.last_heartbeat = None
+        self._kill_reason = None
         self._report = asyncio.get_running_loop().create_future()
         self.proc = await spawn(self._argv(), self.log_path, self._death)
         self.started_at = time.time()
@@ -136,9 +228,18 @@ class WorkerProcess:
             await terminate(self.proc, self._settings.stop_grace)
             return failure
         assert self.ready is not None
-        self._set(State.RUNNING, f"load {self.ready.load_seconds:.2f}s")
+        self._heard_at = self._progress_at = self.last_used = time.monotonic()
+        self._set(State.RUNNING, f"load {self.ready.load_seconds:.2f}s, imports {self.ready.import_seconds:.2f}s")
         returncode = await self.proc.wait()
-        return f"exited unexpectedly ({describe_exit(returncode)}): {log_tail(self.log_path)}"
+        return self._exit_reason(returncode)
+
+    def _exit_reason(self, returncode: int) -> str:
+        if self._kill_reason is not None:
+            return f"killed by the supervisor: {self._kill_reason} ({describe_exit(returncode)})"
+        how = describe_exit(returncode)
+        if returncode == -signal.SIGKILL:
+            how += ", likely the kernel's out-of-memory killer"
+        return f"exited unexpectedly ({how}): {log_tail(self.log_path)}"
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> str | None:
         assert self._report is not None
@@ -173,6 +274,8 @@ class WorkerProcess:
             self.name,
             "--path",
             self.model.path,
+            "--engine",
+            self.model.engine,
             "--generation",
             str(self.generation),
             "--data",
@@ -190,3 +293,18 @@ class WorkerProcess:
         self.description = description
         log.info("%s: %s (%s)", self.name, state.value, description)
         self._on_change(self)
+
+
+def _tree_uss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        return sum(_uss(p) for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def _uss(proc: psutil.Process) -> int:
+    try:
+        return proc.memory_full_info().uss
+    except psutil.Error:
+        return 0

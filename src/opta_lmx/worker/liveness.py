@@ -32,7 +32,9 @@ class Heartbeats(threading.Thread):
         self._engine = engine
         self._generation = generation
         self._interval = interval
-        self.shutdown = threading.Event()
+        # stop: abort what is in flight and exit; drain: take nothing new, finish, exit.
+        self.stop = threading.Event()
+        self.drain = threading.Event()
         self.trim = threading.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(WorkerCommand)
@@ -40,10 +42,13 @@ class Heartbeats(threading.Thread):
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        while not self.shutdown.is_set():
+        while not self.stop.is_set():
             self._send_heartbeat()
             if poller.poll(self._interval * 1000):
                 self._receive_commands()
+
+    def stop_now(self) -> None:
+        self.stop.set()
 
     def _send_heartbeat(self) -> None:
         beat = Heartbeat(
@@ -61,7 +66,9 @@ class Heartbeats(threading.Thread):
             except zmq.Again:
                 return
             match self._decoder.decode(frame):
+                case Shutdown(drain=True):
+                    self.drain.set()
                 case Shutdown():
-                    self.shutdown.set()
+                    self.stop_now()
                 case Trim():
                     self.trim.set()

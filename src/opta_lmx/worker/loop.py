@@ -8,36 +8,33 @@ blocking, so a Cancel takes effect within one decode step.
 from __future__ import annotations
 
 import sys
-import threading
 
 import msgspec
 import zmq
 
-from opta_lmx.proto import Cancel, FromWorker, Generate, ToWorker
+from opta_lmx.proto import Cancel, Failed, FromWorker, Generate, ToWorker
 from opta_lmx.worker.engines.base import Engine
+from opta_lmx.worker.liveness import Heartbeats
 
 _IDLE_POLL_MS = 100
 
 
 class ModelLoop:
-    def __init__(
-        self,
-        data: zmq.Socket,
-        engine: Engine,
-        shutdown: threading.Event,
-        trim: threading.Event,
-    ) -> None:
+    def __init__(self, data: zmq.Socket, engine: Engine, commands: Heartbeats) -> None:
         self._data = data
         self._engine = engine
-        self._shutdown = shutdown
-        self._trim = trim
+        self._stop = commands.stop
+        self._drain = commands.drain
+        self._trim = commands.trim
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ToWorker)
         self._poller = zmq.Poller()
         self._poller.register(data, zmq.POLLIN)
 
     def run(self) -> None:
-        while not self._shutdown.is_set():
+        while not self._stop.is_set():
+            if self._drain.is_set() and not self._engine.active:
+                break
             if self._trim.is_set():
                 self._trim.clear()
                 self._engine.trim()
@@ -60,6 +57,8 @@ class ModelLoop:
                 print(f"worker: dropped an undecodable message: {exc}", file=sys.stderr, flush=True)
                 continue
             match message:
+                case Generate(request_id=rid) if self._drain.is_set():
+                    self._send([Failed(rid, "model_unavailable", "the model is being unloaded; retry")])
                 case Generate():
                     self._send(self._engine.submit(message))
                 case Cancel(request_id=rid):

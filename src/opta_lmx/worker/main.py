@@ -7,23 +7,37 @@ sockets, send ``Ready`` (only now is the worker RUNNING), then serve until Shutd
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
 import time
+from typing import Callable
 
 import msgspec
 import zmq
 
 from opta_lmx.proto import PROTO_VERSION, LoadFailed, Ready
+from opta_lmx.worker.engines.base import Engine
 
 EXIT_LOAD_FAILED = 3
+
+
+def load_engine_class(spec: str) -> Callable[[str, str], Engine]:
+    """``mlx`` or a plug-in ``package.module:Class`` constructed as ``Class(model_name, path)``."""
+    if spec == "mlx":
+        from opta_lmx.worker.engines.mlx import MlxEngine
+
+        return MlxEngine
+    module_name, _, class_name = spec.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opta-lmx-worker")
     parser.add_argument("--model", required=True)
     parser.add_argument("--path", required=True)
+    parser.add_argument("--engine", default="mlx", help='"mlx" or "package.module:Class"')
     parser.add_argument("--generation", type=int, required=True)
     parser.add_argument("--data", required=True, help="gateway data ROUTER address")
     parser.add_argument("--control", required=True, help="supervisor worker ROUTER address")
@@ -49,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        from opta_lmx.worker.engines.mlx import MlxEngine
-
+        engine_class = load_engine_class(args.engine)
         imported = time.perf_counter()
-        engine = MlxEngine(args.model, args.path)
+        engine = engine_class(args.model, args.path)
     except Exception as exc:
         message = f"cannot load {args.path!r}: {type(exc).__name__}: {exc}"
         print(f"worker {args.model}: {message}", file=sys.stderr, flush=True)
@@ -69,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     data.connect(args.data)
 
     heartbeats = Heartbeats(control, engine, args.generation, args.heartbeat_interval)
-    signal.signal(signal.SIGTERM, lambda *_: heartbeats.shutdown.set())
-    signal.signal(signal.SIGINT, lambda *_: heartbeats.shutdown.set())
+    signal.signal(signal.SIGTERM, lambda *_: heartbeats.stop_now())
+    signal.signal(signal.SIGINT, lambda *_: heartbeats.stop_now())
     ready = Ready(
         proto_version=PROTO_VERSION,
         model=args.model,
@@ -86,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from opta_lmx.worker.loop import ModelLoop
 
-    ModelLoop(data, engine, heartbeats.shutdown, heartbeats.trim).run()
+    ModelLoop(data, engine, heartbeats).run()
     # The heartbeat thread owns the control socket: let it leave its poll before closing.
+    heartbeats.stop_now()
     heartbeats.join(timeout=2 * args.heartbeat_interval + 1)
     data.close()
     context.destroy(linger=1000)
