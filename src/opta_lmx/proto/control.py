@@ -8,7 +8,8 @@ import msgspec
 class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     """One configured model as the supervisor sees it. ``state`` uses supervisord's names.
 
-    ``identity`` is the worker's data-path identity (``model#generation``) while RUNNING, else "".
+    ``identity`` is the worker's data-path identity (``model#generation``) while it serves (RUNNING,
+    or STOPPING while its requests drain), else "". New requests go only to RUNNING workers.
     ``seq`` grows with every change the supervisor publishes, so a subscriber can drop stale ones.
     """
 

@@ -109,13 +109,15 @@ class WorkerProcess:
 
     def status(self, seq: int) -> ModelStatus:
         running = self.state is State.RUNNING
+        # A STOPPING worker keeps its identity: its in-flight requests drain; nothing new is routed.
+        serving = self.ready is not None and self.state in (State.RUNNING, State.STOPPING)
         return ModelStatus(
             name=self.name,
             state=self.state.value,
             seq=seq,
             generation=self.generation,
             pid=self.proc.pid if self.proc and self.proc.returncode is None else 0,
-            identity=self.identity if running else "",
+            identity=self.identity if serving else "",
             ctx_len=self.ready.ctx_len if running and self.ready else 0,
             started_at=self.started_at,
             description=self.description,

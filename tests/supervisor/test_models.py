@@ -1,0 +1,262 @@
+"""Many models under one supervisor: JIT loads, admission, eviction, swaps, hangs, lmxctl."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Server, model_config
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+MB = 1 << 20
+FAST = "[supervisor]\nheartbeat_interval = 0.2\nbackoff_initial = 0.2\n"
+SLOW = 'engine = "tests.support.engines:SlowEngine"'
+
+
+_clients: list[openai.OpenAI] = []
+
+
+def client_for(server: Server) -> openai.OpenAI:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=120)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def ctl(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "opta_lmx.ctl", *args], env=server.env, capture_output=True, text=True, timeout=120
+    )
+
+
+def models_block(models: dict[str, tuple[Path, str]]) -> str:
+    return "".join(f'\n[[models]]\nname = "{n}"\npath = "{p}"\n{extra}\n' for n, (p, extra) in models.items())
+
+
+def memory_block(budget_mb: int, overhead_mb: int) -> str:
+    # Estimates dominated by a fixed per-process cost, so that "one fits, two do not" holds no
+    # matter how big the tiny model's files are.
+    return f"[memory]\nbudget = {budget_mb * MB}\nkv_headroom = 0\nprocess_overhead = {overhead_mb * MB}\n"
+
+
+def test_two_models_at_once_interleave(make_server, tiny_model: Path, tmp_path: Path) -> None:
+    from opta_lmx.demo.builder import build_demo_model
+
+    other = build_demo_model(tmp_path / "other", "tiny", seed=1)
+    server: Server = make_server(model_config({"a": tiny_model, "b": other}))
+    server.wait_models()
+    client = client_for(server)
+
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=20, temperature=0)
+        assert reply.model == model
+        return reply.choices[0].message.content or ""
+
+    alone = {m: ask(m) for m in ("a", "b")}
+    assert alone["a"] != alone["b"]  # different weights, different greedy text
+    with ThreadPoolExecutor(6) as pool:
+        mixed = list(pool.map(ask, ["a", "b"] * 3))
+    assert mixed == [alone["a"], alone["b"]] * 3
+
+
+def test_jit_load_is_shared_by_concurrent_first_requests(make_server, tiny_model: Path) -> None:
+    server: Server = make_server(FAST + models_block({"lazy": (tiny_model, "load_on_start = false")}))
+    health = server.wait_models({"lazy": "STOPPED"})
+    assert health["models"] == {"lazy": "STOPPED"}
+    client = client_for(server)
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(
+            pool.map(lambda _: client.chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=3), range(4))
+        )
+    assert [r.usage.completion_tokens for r in replies] == [3] * 4
+    assert server.log().count("lazy: STARTING (spawning)") == 1
+
+
+def test_streaming_request_for_a_cold_model_loads_it(make_server, tiny_model: Path) -> None:
+    server: Server = make_server(FAST + models_block({"lazy": (tiny_model, "load_on_start = false")}))
+    server.wait_models({"lazy": "STOPPED"})
+    chunks = list(
+        client_for(server).chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=5, stream=True)
+    )
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_keep_alive_unloads_idle_model_and_next_request_reloads(make_server, tiny_model: Path) -> None:
+    server: Server = make_server(FAST + models_block({"brief": (tiny_model, "keep_alive = 1")}))
+    server.wait_models()
+    client = client_for(server)
+    client.chat.completions.create(model="brief", messages=MESSAGES, max_tokens=2)
+    server.wait_models({"brief": "STOPPED"}, timeout=15)
+    status = ctl(server, "status", "brief")
+    assert status.returncode == 3 and "idle (keep_alive)" in status.stdout
+    reply = client.chat.completions.create(model="brief", messages=MESSAGES, max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+
+
+def test_admission_evicts_the_idle_model(make_server, tiny_model: Path) -> None:
+    config = FAST + memory_block(budget_mb=600, overhead_mb=400) + models_block(
+        {"first": (tiny_model, ""), "second": (tiny_model, "load_on_start = false")}
+    )
+    server: Server = make_server(config)
+    server.wait_models({"first": "RUNNING", "second": "STOPPED"})
+    reply = client_for(server).chat.completions.create(model="second", messages=MESSAGES, max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+    health = server.wait_models({"first": "STOPPED", "second": "RUNNING"})
+    assert health["models"] == {"first": "STOPPED", "second": "RUNNING"}
+    assert "evicted to make room for second" in ctl(server, "status", "first").stdout
+
+
+def test_busy_model_is_never_evicted_and_the_load_is_refused_with_507(make_server, tiny_model: Path) -> None:
+    config = FAST + memory_block(budget_mb=600, overhead_mb=400) + models_block(
+        {"busy": (tiny_model, SLOW), "other": (tiny_model, "load_on_start = false")}
+    )
+    server: Server = make_server(config)
+    server.wait_models({"busy": "RUNNING", "other": "STOPPED"})
+    client = client_for(server)
+    stream = client.chat.completions.create(model="busy", messages=MESSAGES, max_tokens=100_000, stream=True)
+    iterator = iter(stream)
+    next(iterator)
+    deadline = time.monotonic() + 10
+    while "1 in flight" not in ctl(server, "status", "busy").stdout:  # the heartbeat saw it busy
+        assert time.monotonic() < deadline
+        next(iterator)
+    response = httpx.post(
+        f"{server.base_url}/v1/chat/completions", json={"model": "other", "messages": MESSAGES}, timeout=60
+    )
+    assert response.status_code == 507
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_memory"
+    assert re.search(r"needs about \d+ MiB and \d+ MiB of the 600 MiB budget is free", error["message"])
+    assert next(iterator).choices  # the busy model kept streaming
+    stream.close()
+
+
+def test_stopping_a_model_lets_its_running_stream_complete(make_server, tiny_model: Path) -> None:
+    server: Server = make_server(FAST + models_block({"swap": (tiny_model, SLOW)}))
+    server.wait_models()
+    client = client_for(server)
+    result: dict[str, object] = {}
+
+    def long_stream() -> None:
+        chunks = list(
+            client.chat.completions.create(
+                model="swap", messages=MESSAGES, max_tokens=150, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        result["finish"] = chunks[-2].choices[0].finish_reason
+        result["tokens"] = chunks[-1].usage.completion_tokens
+        result["text"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    streamer = threading.Thread(target=long_stream)
+    streamer.start()
+    deadline = time.monotonic() + 10
+    while "1 in flight" not in ctl(server, "status", "swap").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stopped = ctl(server, "stop", "swap")
+    streamer.join(60)
+    assert stopped.returncode == 0 and "swap: stopped" in stopped.stdout
+    # It completed normally: all 150 tokens, or fewer when the random model sampled its end token.
+    assert result["finish"] in ("length", "stop") and result["text"]
+    assert result["tokens"] == 150 if result["finish"] == "length" else 0 < result["tokens"] <= 150
+    assert ctl(server, "status", "swap").returncode == 3
+
+
+def test_crash_loop_goes_fatal_and_lmxctl_start_clears_it(make_server, tiny_model: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "arrives-later"
+    settings = "[supervisor]\nbackoff_initial = 0.1\nbackoff_max = 0.2\nmax_failures = 2\n"
+    server: Server = make_server(settings + model_config({"flaky": missing}))
+    server.wait_models({"flaky": "FATAL"})
+    status = ctl(server, "status", "flaky")
+    assert status.returncode == 3
+    assert "load failed" in status.stdout and "gave up" in status.stdout
+    shutil.copytree(tiny_model, missing)
+    started = ctl(server, "start", "flaky")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert started.stdout.strip() == "flaky: started"
+    assert ctl(server, "status", "flaky").returncode == 0
+
+
+def test_hung_worker_is_killed_and_restarted(make_server, tiny_model: Path) -> None:
+    settings = "[supervisor]\nheartbeat_interval = 0.2\nhang_timeout = 1.5\nbackoff_initial = 0.2\n"
+    server: Server = make_server(
+        settings + models_block({"stuck": (tiny_model, 'engine = "tests.support.engines:StallingEngine"')})
+    )
+    server.wait_models()
+    with pytest.raises(openai.APIError, match="stopped while generating"):
+        client_for(server).chat.completions.create(model="stuck", messages=MESSAGES, max_tokens=50)
+    server.wait_models()
+    assert "hung: 1 requests and no progress" in server.log()
+
+
+def test_lmxctl_commands_and_exit_codes(make_server, tiny_model: Path) -> None:
+    server: Server = make_server(FAST + model_config({"m": tiny_model}))
+    server.wait_models()
+    status = ctl(server, "status")
+    assert status.returncode == 0
+    assert re.match(r"m\s+RUNNING\s+pid \d+, uptime 0:00:\d\d, mem \d+ MiB, 0 in flight", status.stdout)
+
+    assert ctl(server, "start", "m").stdout.strip() == "m: ERROR (already started)"
+    assert ctl(server, "start", "nope").returncode == 4
+
+    restarted = ctl(server, "restart", "m")
+    assert (restarted.returncode, restarted.stdout.strip()) == (0, "m: started")
+
+    stopped = ctl(server, "stop", "m")
+    assert (stopped.returncode, stopped.stdout.strip()) == (0, "m: stopped")
+    assert ctl(server, "status").returncode == 3
+    assert ctl(server, "stop", "m").returncode == 2  # not running
+    time.sleep(1)
+    assert ctl(server, "status").returncode == 3  # an operator stop is never restarted
+    assert ctl(server, "start", "m").returncode == 0
+
+    pid_before = int(re.search(r"pid (\d+)", ctl(server, "status", "m").stdout).group(1))
+    killed = ctl(server, "kill", "m", "KILL")
+    assert (killed.returncode, killed.stdout.strip()) == (0, "m: signalled")
+    server.wait_models()
+    pid_after = int(re.search(r"pid (\d+)", ctl(server, "status", "m").stdout).group(1))
+    assert pid_after != pid_before
+    assert "sent SIGKILL by operator" in server.log() or "BACKOFF" in server.log()
+
+    tail = ctl(server, "tail", "m")
+    assert tail.returncode == 0
+
+    assert ctl(server, "shutdown").stdout.strip() == "Shut down"
+    assert server.proc is not None and server.proc.wait(15) == 0
+
+
+def test_reload_adds_removes_and_refuses_bad_config(make_server, tiny_model: Path) -> None:
+    server: Server = make_server(FAST + model_config({"keep": tiny_model, "drop": tiny_model}))
+    server.wait_models()
+    keep_pid = re.search(r"pid (\d+)", ctl(server, "status", "keep").stdout).group(1)
+
+    server.config_path.write_text(FAST + model_config({"keep": tiny_model, "new": tiny_model}))
+    reloaded = ctl(server, "reload")
+    assert reloaded.returncode == 0, reloaded.stdout
+    assert "drop: removed" in reloaded.stdout and "new: added" in reloaded.stdout
+    health = server.wait_models({"keep": "RUNNING", "new": "RUNNING"})
+    assert set(health["models"]) == {"keep", "new"}
+    assert re.search(r"pid (\d+)", ctl(server, "status", "keep").stdout).group(1) == keep_pid
+    models = [m.id for m in client_for(server).models.list().data]
+    assert sorted(models) == ["keep", "new"]
+
+    server.config_path.write_text("[server]\nbogus = 1\n")
+    refused = ctl(server, "reload")
+    assert refused.returncode == 2 and "bogus" in refused.stdout and "keeping the old one" in refused.stdout
+    assert ctl(server, "status").returncode == 0

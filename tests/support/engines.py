@@ -1,0 +1,31 @@
+"""Engine plug-ins for tests: the real MLX engine, made slow or stuck on purpose."""
+
+from __future__ import annotations
+
+import time
+
+from opta_lmx.proto import FromWorker
+from opta_lmx.worker.engines.mlx import MlxEngine
+
+STALL_AFTER = 5
+SLOW_STEP_SECONDS = 0.03
+
+
+class StallingEngine(MlxEngine):
+    """After ``STALL_AFTER`` tokens, ``step`` blocks forever while the heartbeat thread keeps
+    reporting: alive, busy, progress frozen — the picture of a hung worker."""
+
+    def step(self) -> list[FromWorker]:
+        if self.progress >= STALL_AFTER:
+            while True:
+                time.sleep(3600)
+        return super().step()
+
+
+class SlowEngine(MlxEngine):
+    """A decode step that takes ``SLOW_STEP_SECONDS``: a request stays busy long enough to be
+    seen busy by heartbeats, whatever the machine's speed."""
+
+    def step(self) -> list[FromWorker]:
+        time.sleep(SLOW_STEP_SECONDS)
+        return super().step()
