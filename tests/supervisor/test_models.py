@@ -260,3 +260,37 @@ def test_reload_adds_removes_and_refuses_bad_config(make_server, tiny_model: Pat
     refused = ctl(server, "reload")
     assert refused.returncode == 2 and "bogus" in refused.stdout and "keeping the old one" in refused.stdout
     assert ctl(server, "status").returncode == 0
+
+
+def test_silent_worker_is_killed_after_missed_heartbeats(make_server, tiny_model: Path) -> None:
+    settings = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 5\nbackoff_initial = 0.2\n"
+    server: Server = make_server(settings + model_config({"m": tiny_model}))
+    server.wait_models()
+    frozen = server.worker_pid("m")
+    assert ctl(server, "kill", "m", "STOP").returncode == 0  # alive, but silent
+    deadline = time.monotonic() + 20
+    while "no heartbeat for" not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    server.wait_models()
+    assert server.worker_pid("m") != frozen
+
+
+def test_memory_over_the_hard_limit_evicts_the_lru_idle_worker(make_server, tiny_model: Path) -> None:
+    # Admission lets both in (tiny estimates); their measured memory then exceeds the hard limit.
+    memory = "[memory]\nbudget = 300000000\nsoft_limit = 0.1\nhard_limit = 0.2\nhard_readings = 2\n"
+    memory += "kv_headroom = 0\nprocess_overhead = 0\n"
+    server: Server = make_server(FAST + memory + model_config({"old": tiny_model, "new": tiny_model}))
+    server.wait_models()
+    client = client_for(server)
+    client.chat.completions.create(model="old", messages=MESSAGES, max_tokens=2)
+    time.sleep(0.5)
+    client.chat.completions.create(model="new", messages=MESSAGES, max_tokens=2)
+    deadline = time.monotonic() + 30
+    states = {}
+    while time.monotonic() < deadline:
+        states = httpx.get(f"{server.base_url}/health").json()["models"]
+        if "STOPPED" in states.values():
+            break
+        time.sleep(0.2)
+    assert "evicted: memory" in ctl(server, "status").stdout, (states, server.log())
