@@ -15,7 +15,9 @@ import httpx
 import psutil
 import pytest
 
+from opta_lmx.ctl import Client
 from opta_lmx.demo.builder import build_demo_model
+from opta_lmx.proto import GetStatus, StatusReply
 
 SERVE_START_TIMEOUT = 60.0
 
@@ -78,6 +80,14 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"models not ready: {health}\n{self.log()}")
 
+    def wait_spare(self, timeout: float = 30.0) -> int:
+        """The pid of the warm spare once it has done its imports."""
+        deadline = time.monotonic() + timeout
+        while "warm spare ready" not in self.log():
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+        return next(p.pid for p in self.descendants() if "--spare" in p.cmdline())
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -86,11 +96,14 @@ class Server:
         return psutil.Process(self.proc.pid).children(recursive=True)
 
     def worker_pid(self, name: str) -> int:
-        for child in self.descendants():
-            cmd = child.cmdline()
-            if "opta_lmx.worker" in cmd and cmd[cmd.index("--model") + 1] == name:
-                return child.pid
-        raise AssertionError(f"no worker for {name}")
+        """The pid the supervisor reports (a worker that started as a warm spare has no --model)."""
+        client = Client(self.home)
+        try:
+            reply = client.call(GetStatus(name))
+        finally:
+            client.close()
+        assert isinstance(reply, StatusReply) and reply.models and reply.models[0].pid, reply
+        return reply.models[0].pid
 
     def gateway_pid(self) -> int:
         return next(c.pid for c in self.descendants() if "opta_lmx.gateway" in c.cmdline())

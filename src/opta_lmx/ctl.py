@@ -1,6 +1,6 @@
 """``lmxctl``: control a running Opta-LMX over the supervisor's control socket (supervisorctl-style).
 
-    lmxctl status [NAME]         one line per model; exit 0 all RUNNING, 3 some not, 4 unknown NAME
+    lmxctl status [-v] [NAME]    one line per model; exit 0 all RUNNING, 3 some not, 4 unknown NAME
     lmxctl start|stop|restart NAME
     lmxctl kill NAME [SIGNAL]    signal the worker's process group (default KILL; it is restarted)
     lmxctl tail [-f] NAME        the worker's log
@@ -79,6 +79,15 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.0f} MiB"
 
 
+def timings_line(status: ModelStatus, width: int) -> str:
+    """Where the last start's time went (``status -v``)."""
+    first = f"{status.first_token_seconds:.2f}s" if status.first_token_seconds else "-"
+    return (
+        f"{'':<{width}}spawn {status.spawn_seconds:.2f}s, imports {status.import_seconds:.2f}s, "
+        f"load {status.load_seconds:.2f}s, first token {first}"
+    )
+
+
 def status_line(status: ModelStatus, width: int) -> str:
     """supervisord's format (name, state, description), plus memory and requests in flight."""
     if status.state == "RUNNING":
@@ -91,7 +100,7 @@ def status_line(status: ModelStatus, width: int) -> str:
     return f"{status.name:<{width}}{status.state:<10}{desc}"
 
 
-def _status(client: Client, name: str | None) -> int:
+def _status(client: Client, name: str | None, verbose: bool = False) -> int:
     reply = client.call(GetStatus(name=name))
     assert isinstance(reply, StatusReply)
     if name and not reply.models:
@@ -100,6 +109,8 @@ def _status(client: Client, name: str | None) -> int:
     width = max((len(m.name) for m in reply.models), default=0) + 3
     for model in reply.models:
         print(status_line(model, width))
+        if verbose:
+            print(timings_line(model, width))
     return 0 if all(m.state == "RUNNING" for m in reply.models) else EXIT_SOME_STOPPED
 
 
@@ -130,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmxctl", description="control a running Opta-LMX")
     parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="state of every model (or one)").add_argument("name", nargs="?")
+    status = commands.add_parser("status", help="state of every model (or one)")
+    status.add_argument("-v", "--verbose", action="store_true", help="add where start-up time went")
+    status.add_argument("name", nargs="?")
     for verb in ("start", "stop", "restart"):
         commands.add_parser(verb, help=f"{verb} a model's worker").add_argument("name")
     kill = commands.add_parser("kill", help="signal a model's worker (default KILL)")
@@ -147,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(client: Client, args: argparse.Namespace) -> int:
     match args.command:
         case "status":
-            return _status(client, args.name)
+            return _status(client, args.name, args.verbose)
         case "start":
             return _result(client.call(Start(args.name), _SLOW_MS))
         case "stop":

@@ -17,6 +17,9 @@ import pytest
 from tests.conftest import Server, model_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
+# Streams that must still be open when a signal lands: a slow engine keeps them open whatever the
+# machine's speed (the tiny model would otherwise finish its whole context in about a second).
+SLOW_MODEL = '[[models]]\nname = "tiny"\npath = "{path}"\nengine = "tests.support.engines:SlowEngine"\n'
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
@@ -29,7 +32,7 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 
 def test_worker_kill_9_mid_stream_errors_the_stream_and_recovers(make_server, tiny_model: Path) -> None:
-    server: Server = make_server(model_config({"tiny": tiny_model}))
+    server: Server = make_server(SLOW_MODEL.format(path=tiny_model))
     server.wait_models()
     gateway_pid = server.gateway_pid()
     worker_pid = server.worker_pid("tiny")
@@ -65,8 +68,9 @@ def test_request_during_restart_waits_for_the_new_worker(make_server, tiny_model
 def test_sigterm_exits_0_within_10s_and_leaves_no_process(make_server, tiny_model: Path) -> None:
     server: Server = make_server(model_config({"a": tiny_model, "b": tiny_model}))
     server.wait_models()
+    spare = server.wait_spare()
     tree = [p.pid for p in server.descendants()]
-    assert len(tree) >= 3  # gateway + two workers
+    assert len(tree) >= 4 and spare in tree  # gateway, two workers, the warm spare
     started = time.monotonic()
     assert server.stop(timeout=10) == 0
     assert time.monotonic() - started < 10
@@ -74,7 +78,7 @@ def test_sigterm_exits_0_within_10s_and_leaves_no_process(make_server, tiny_mode
 
 
 def test_sigterm_ends_an_open_stream_with_a_shutdown_event(make_server, tiny_model: Path) -> None:
-    server: Server = make_server(model_config({"tiny": tiny_model}))
+    server: Server = make_server(SLOW_MODEL.format(path=tiny_model))
     server.wait_models()
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
     stream = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100_000, stream=True)
@@ -91,7 +95,9 @@ def test_sigterm_ends_an_open_stream_with_a_shutdown_event(make_server, tiny_mod
 def test_children_exit_by_themselves_when_the_supervisor_is_sigkilled(make_server, tiny_model: Path) -> None:
     server: Server = make_server(model_config({"tiny": tiny_model}))
     server.wait_models()
+    spare = server.wait_spare()
     tree = [p.pid for p in server.descendants()]
+    assert spare in tree
     assert server.proc is not None
     server.proc.kill()
     server.proc.wait(5)

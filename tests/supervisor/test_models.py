@@ -294,3 +294,23 @@ def test_memory_over_the_hard_limit_evicts_the_lru_idle_worker(make_server, tiny
             break
         time.sleep(0.2)
     assert "evicted: memory" in ctl(server, "status").stdout, (states, server.log())
+
+
+def test_jit_load_takes_the_warm_spare_and_reports_the_time_split(make_server, tiny_model: Path) -> None:
+    server: Server = make_server(FAST + models_block({"lazy": (tiny_model, "load_on_start = false")}))
+    server.wait_models({"lazy": "STOPPED"})
+    spare_pid = server.wait_spare()
+    reply = client_for(server).chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+    time.sleep(0.5)  # a heartbeat carries the first-token time
+    status = ctl(server, "status", "-v", "lazy")
+    assert f"pid {spare_pid}," in status.stdout  # the spare became the worker
+    assert status.returncode == 0
+    assert "warm spare" in server.log()
+    times = re.search(
+        r"spawn (\d+\.\d+)s, imports (\d+\.\d+)s, load (\d+\.\d+)s, first token (\d+\.\d+)s", status.stdout
+    )
+    assert times, status.stdout
+    spawn, imports, load, first = map(float, times.groups())
+    assert imports < 0.5  # paid by the spare before the load was asked for
+    assert first >= load

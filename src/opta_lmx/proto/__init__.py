@@ -41,11 +41,14 @@ from opta_lmx.proto.data import (
 )
 from opta_lmx.proto.lifecycle import (
     PROTO_VERSION,
+    SPARE_IDENTITY_PREFIX,
     Heartbeat,
+    Load,
     LoadFailed,
     MemoryReading,
     Ready,
     Shutdown,
+    SpareReady,
     Trim,
     WorkerCommand,
     WorkerReport,
@@ -53,6 +56,7 @@ from opta_lmx.proto.lifecycle import (
 
 __all__ = [
     "PROTO_VERSION",
+    "SPARE_IDENTITY_PREFIX",
     "Cancel",
     "ChatMessage",
     "CommandResult",
@@ -65,6 +69,7 @@ __all__ = [
     "Generate",
     "GetStatus",
     "Heartbeat",
+    "Load",
     "LoadFailed",
     "MemoryReading",
     "ModelStatus",
@@ -75,6 +80,7 @@ __all__ = [
     "Shutdown",
     "ShutdownServer",
     "Signal",
+    "SpareReady",
     "Start",
     "Started",
     "StatusReply",

@@ -26,6 +26,12 @@ class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     active_requests: int = 0
     # Set when a reload removed the model: subscribers forget it.
     removed: bool = False
+    # Where the last start's time went: process spawn (0 from a warm spare), imports, weights,
+    # and from the start of the load to the first token sent.
+    spawn_seconds: float = 0.0
+    import_seconds: float = 0.0
+    load_seconds: float = 0.0
+    first_token_seconds: float = 0.0
 
 
 class GetStatus(msgspec.Struct, tag="status", frozen=True):

@@ -7,6 +7,9 @@ import msgspec
 # Bumped on any incompatible change to a message; a worker with another version is refused.
 PROTO_VERSION = 1
 
+# A warm spare's identity on the supervisor's worker socket; "~" starts no model name.
+SPARE_IDENTITY_PREFIX = "~spare#"
+
 
 class MemoryReading(msgspec.Struct, frozen=True):
     """Bytes. ``mlx_*`` from the engine's allocator; ``rss``/``uss`` of the worker process."""
@@ -33,12 +36,21 @@ class Ready(msgspec.Struct, tag="ready", frozen=True):
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
     """Every ~1 s. ``progress`` counts tokens produced since start: a busy worker whose
-    progress stands still is hung."""
+    progress stands still is hung. ``first_token_seconds``: from the start of the load to the
+    first token this worker sent (0 until then)."""
 
     generation: int
     progress: int
     active_requests: int
     memory: MemoryReading
+    first_token_seconds: float = 0.0
+
+
+class SpareReady(msgspec.Struct, tag="spare_ready", frozen=True):
+    """A warm spare: imports done, no model; it waits for ``Load``."""
+
+    pid: int
+    import_seconds: float
 
 
 class LoadFailed(msgspec.Struct, tag="load_failed", frozen=True):
@@ -46,7 +58,7 @@ class LoadFailed(msgspec.Struct, tag="load_failed", frozen=True):
     message: str
 
 
-WorkerReport = Ready | Heartbeat | LoadFailed
+WorkerReport = Ready | Heartbeat | LoadFailed | SpareReady
 
 
 class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
@@ -59,4 +71,15 @@ class Trim(msgspec.Struct, tag="trim", frozen=True):
     """Release cached memory (gc + allocator cache)."""
 
 
-WorkerCommand = Shutdown | Trim
+class Load(msgspec.Struct, tag="load", frozen=True):
+    """To a warm spare: become the worker for this model (the arguments a fresh worker gets)."""
+
+    model: str
+    path: str
+    engine: str
+    generation: int
+    heartbeat_interval: float
+    log_path: str
+
+
+WorkerCommand = Shutdown | Trim | Load

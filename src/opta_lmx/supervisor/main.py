@@ -23,10 +23,11 @@ import zmq
 import zmq.asyncio
 
 from opta_lmx.config import Config, ModelConfig, budget_bytes
-from opta_lmx.proto import CommandResult, ModelStatus, Trim, WorkerCommand, WorkerReport
+from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, Trim, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
 from opta_lmx.supervisor import memory_policy as policy
 from opta_lmx.supervisor.control import serve_control
+from opta_lmx.supervisor.spare_pool import SparePool
 from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, spawn, terminate
 from opta_lmx.supervisor.states import State
 from opta_lmx.supervisor.worker_process import WorkerAddresses, WorkerProcess
@@ -36,6 +37,9 @@ log = logging.getLogger("opta_lmx.supervisor")
 _GATEWAY_RESTART_DELAY = 1.0
 _GATEWAY_STOP_GRACE = 5.0
 _TRIM_COOLDOWN = 10.0
+# Start the warm spare this long after start-up or after one was taken, so that its imports do not
+# compete for the CPU with the loads in progress.
+_SPARE_DELAY = 3.0
 
 ConfigSource = Callable[[], Config]
 
@@ -54,6 +58,14 @@ class Supervisor:
         self._encoder = msgspec.msgpack.Encoder()
         self._seq = 0
         self._addresses = WorkerAddresses(runtime.data_address, runtime.workers_address)
+        self.spares = SparePool(
+            runtime.workers_address,
+            runtime.data_address,
+            self._death,
+            data_dir / "logs" / "spare.log",
+            self.send_to_worker,
+            replace_delay=_SPARE_DELAY,
+        )
         self.workers: dict[str, WorkerProcess] = {m.name: self._make_worker(m) for m in config.models}
         self._admission = asyncio.Lock()
         self._stopping_tasks: dict[str, asyncio.Task[None]] = {}
@@ -80,6 +92,7 @@ class Supervisor:
             self.data_dir / "logs",
             self.publish,
             self.send_to_worker,
+            self.spares.take if self.config.supervisor.warm_spare else lambda: None,
         )
 
     def request_stop(self) -> None:
@@ -98,6 +111,7 @@ class Supervisor:
             asyncio.create_task(self._serve_reports(), name="reports"),
             asyncio.create_task(self._police_forever(), name="police"),
             asyncio.create_task(self._load_on_start(), name="load-on-start"),
+            *([asyncio.create_task(self.spares.keep(), name="spare")] if self.config.supervisor.warm_spare else []),
             asyncio.create_task(self._keep_gateway(), name="gateway"),
         ]
         await self._stopping.wait()
@@ -114,7 +128,10 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(w.stop("server shutdown", drain=False) for w in self.workers.values()))
+        await asyncio.gather(
+            self.spares.stop(self.config.supervisor.stop_grace),
+            *(w.stop("server shutdown", drain=False) for w in self.workers.values()),
+        )
         self._context.destroy(linger=0)
         self._death.close()
         shutil.rmtree(self.runtime.directory, ignore_errors=True)
@@ -148,15 +165,17 @@ class Supervisor:
         while True:
             identity, payload = await self._reports.recv_multipart()
             name, _, generation = identity.decode().rpartition("#")
-            worker = self.workers.get(name)
-            if worker is None or not generation.isdigit():
+            if not generation.isdigit():
                 continue
             try:
                 report = decoder.decode(payload)
             except msgspec.DecodeError as exc:
                 log.warning("%s: undecodable report: %s", name, exc)
                 continue
-            worker.on_report(int(generation), report)
+            if f"{name}#" == SPARE_IDENTITY_PREFIX:
+                self.spares.on_report(int(generation), report)
+            elif (worker := self.workers.get(name)) is not None:
+                worker.on_report(int(generation), report)
 
     # -- loading within the budget ---------------------------------------------------------
 

@@ -21,6 +21,7 @@ from opta_lmx.config import ModelConfig, SupervisorConfig
 from opta_lmx.proto import (
     PROTO_VERSION,
     Heartbeat,
+    Load,
     LoadFailed,
     ModelStatus,
     Ready,
@@ -57,6 +58,7 @@ class WorkerProcess:
         log_dir: Path,
         on_change: Callable[[WorkerProcess], None],
         send: Callable[[str, WorkerCommand], None],
+        take_spare: Callable[[], tuple[asyncio.subprocess.Process, str] | None] = lambda: None,
     ) -> None:
         self.model = model
         self._settings = settings
@@ -65,6 +67,8 @@ class WorkerProcess:
         self.log_path = log_dir / f"{model.name.replace('/', '_')}.log"
         self._on_change = on_change
         self._send = send
+        self._take_spare = take_spare
+        self.timings = (0.0, 0.0, 0.0)  # spawn, imports, load of the last start
         self._backoff = Backoff(
             settings.backoff_initial, settings.backoff_max, settings.max_failures, settings.failure_window
         )
@@ -123,6 +127,10 @@ class WorkerProcess:
             description=self.description,
             memory=self.last_heartbeat.memory.uss if running and self.last_heartbeat else 0,
             active_requests=self.active_requests if running else 0,
+            spawn_seconds=self.timings[0],
+            import_seconds=self.timings[1],
+            load_seconds=self.timings[2],
+            first_token_seconds=self.last_heartbeat.first_token_seconds if self.last_heartbeat else 0.0,
         )
 
     def start(self) -> None:
@@ -222,16 +230,29 @@ class WorkerProcess:
         self.last_heartbeat = None
         self._kill_reason = None
         self._report = asyncio.get_running_loop().create_future()
-        self.proc = await spawn(self._argv(), self.log_path, self._death)
+        began = time.monotonic()
+        spare = self._take_spare()
+        if spare is not None:
+            self.proc, spare_identity = spare
+            self._send(spare_identity, self._load_command())
+        else:
+            self.proc = await spawn(self._argv(), self.log_path, self._death)
         self.started_at = time.time()
-        self._set(State.STARTING, "loading")
+        self._set(State.STARTING, "loading" + (" (warm spare)" if spare else ""))
         failure = await self._wait_ready(self.proc)
         if failure is not None:
             await terminate(self.proc, self._settings.stop_grace)
             return failure
         assert self.ready is not None
         self._heard_at = self._progress_at = self.last_used = time.monotonic()
-        self._set(State.RUNNING, f"load {self.ready.load_seconds:.2f}s, imports {self.ready.import_seconds:.2f}s")
+        total = self._heard_at - began
+        imports, load = self.ready.import_seconds, self.ready.load_seconds
+        self.timings = (max(0.0, total - imports - load), imports, load)
+        self._set(
+            State.RUNNING,
+            f"ready in {total:.2f}s (spawn {self.timings[0]:.2f}s, imports {imports:.2f}s, load {load:.2f}s"
+            + (", warm spare)" if spare else ")"),
+        )
         returncode = await self.proc.wait()
         return self._exit_reason(returncode)
 
@@ -266,6 +287,16 @@ class WorkerProcess:
         if exited in done:
             return f"exited while loading ({describe_exit(proc.returncode or 0)}): {log_tail(self.log_path)}"
         return f"not ready after load_timeout={self._settings.load_timeout:g}s"
+
+    def _load_command(self) -> Load:
+        return Load(
+            model=self.name,
+            path=self.model.path,
+            engine=self.model.engine,
+            generation=self.generation,
+            heartbeat_interval=self._settings.heartbeat_interval,
+            log_path=str(self.log_path),
+        )
 
     def _argv(self) -> list[str]:
         return [

@@ -26,8 +26,13 @@ class Heartbeats(threading.Thread):
     threads). Commands become flags the model loop reads between steps.
     """
 
-    def __init__(self, sock: zmq.Socket, engine: Engine, generation: int, interval: float) -> None:
+    def __init__(
+        self, sock: zmq.Socket, engine: Engine, generation: int, interval: float, began: float
+    ) -> None:
         super().__init__(name="heartbeats", daemon=True)
+        # perf_counter() when this worker's load began; the model loop sets first_token_seconds.
+        self.began = began
+        self.first_token_seconds = 0.0
         self._sock = sock
         self._engine = engine
         self._generation = generation
@@ -56,6 +61,7 @@ class Heartbeats(threading.Thread):
             progress=self._engine.progress,
             active_requests=self._engine.active,
             memory=process_memory(self._engine),
+            first_token_seconds=self.first_token_seconds,
         )
         self._sock.send(self._encoder.encode(beat))
 

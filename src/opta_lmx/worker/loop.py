@@ -8,11 +8,12 @@ blocking, so a Cancel takes effect within one decode step.
 from __future__ import annotations
 
 import sys
+import time
 
 import msgspec
 import zmq
 
-from opta_lmx.proto import Cancel, Failed, FromWorker, Generate, ToWorker
+from opta_lmx.proto import Cancel, Failed, FromWorker, Generate, TokenChunk, ToWorker
 from opta_lmx.worker.engines.base import Engine
 from opta_lmx.worker.liveness import Heartbeats
 
@@ -26,6 +27,7 @@ class ModelLoop:
         self._stop = commands.stop
         self._drain = commands.drain
         self._trim = commands.trim
+        self._commands = commands
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ToWorker)
         self._poller = zmq.Poller()
@@ -67,3 +69,5 @@ class ModelLoop:
     def _send(self, messages: list[FromWorker]) -> None:
         for message in messages:
             self._data.send(self._encoder.encode(message))
+        if not self._commands.first_token_seconds and any(isinstance(m, TokenChunk) for m in messages):
+            self._commands.first_token_seconds = time.perf_counter() - self._commands.began

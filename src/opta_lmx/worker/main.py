@@ -1,4 +1,5 @@
-"""Worker process entry point: ``python -m opta_lmx.worker --model NAME --path PATH ...``.
+"""Worker process entry point: ``python -m opta_lmx.worker --model NAME --path PATH ...``
+(or ``--spare ID``: a warm spare that waits for a ``Load``, see ``spare.py``).
 
 Start-up order: watch the parent-death pipe, import the engine, load the model, connect the
 sockets, send ``Ready`` (only now is the worker RUNNING), then serve until Shutdown or SIGTERM.
@@ -18,6 +19,7 @@ import msgspec
 import zmq
 
 from opta_lmx.proto import PROTO_VERSION, LoadFailed, Ready
+from opta_lmx.runtime import exit_on_parent_death
 from opta_lmx.worker.engines.base import Engine
 
 EXIT_LOAD_FAILED = 3
@@ -35,26 +37,41 @@ def load_engine_class(spec: str) -> Callable[[str, str], Engine]:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opta-lmx-worker")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--path", required=True)
+    parser.add_argument("--model")
+    parser.add_argument("--path")
     parser.add_argument("--engine", default="mlx", help='"mlx" or "package.module:Class"')
-    parser.add_argument("--generation", type=int, required=True)
+    parser.add_argument("--generation", type=int, default=0)
+    parser.add_argument("--spare", type=int, default=None, help="start as warm spare number N")
     parser.add_argument("--data", required=True, help="gateway data ROUTER address")
     parser.add_argument("--control", required=True, help="supervisor worker ROUTER address")
     parser.add_argument("--death-fd", type=int, default=-1)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.spare is None and (args.model is None or args.path is None):
+        parser.error("--model and --path are required (unless --spare)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    from opta_lmx.runtime import exit_on_parent_death
+    if args.death_fd >= 0:
+        exit_on_parent_death(args.death_fd, "worker")
+    context = zmq.Context()
+    began = time.perf_counter()
+    if args.spare is not None:
+        from opta_lmx.worker.spare import wait_for_load
+
+        load, began = wait_for_load(context, args.control, args.spare)
+        args.model, args.path, args.engine = load.model, load.path, load.engine
+        args.generation, args.heartbeat_interval = load.generation, load.heartbeat_interval
+    return serve(context, args, began)
+
+
+def serve(context: zmq.Context, args: argparse.Namespace, began: float) -> int:
+    """Load the model and serve it; ``began`` is when this load started (first-token clock)."""
     from opta_lmx.worker.liveness import Heartbeats, process_memory
 
-    if args.death_fd >= 0:
-        exit_on_parent_death(args.death_fd, f"worker {args.model}")
     identity = f"{args.model}#{args.generation}".encode()
-    context = zmq.Context()
     control = context.socket(zmq.DEALER)
     control.setsockopt(zmq.IDENTITY, identity)
     control.setsockopt(zmq.LINGER, 1000)
@@ -81,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     data.setsockopt(zmq.SNDHWM, 0)  # never drop or block a token on a slow gateway
     data.connect(args.data)
 
-    heartbeats = Heartbeats(control, engine, args.generation, args.heartbeat_interval)
+    heartbeats = Heartbeats(control, engine, args.generation, args.heartbeat_interval, began)
     signal.signal(signal.SIGTERM, lambda *_: heartbeats.stop_now())
     signal.signal(signal.SIGINT, lambda *_: heartbeats.stop_now())
     ready = Ready(
