@@ -1,8 +1,21 @@
+import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from opta_lmx.config import DEMO_MODEL_NAME, load_config, parse_config, with_demo_model
+from opta_lmx.config import (
+    DEMO_MODEL_NAME,
+    Config,
+    MemoryConfig,
+    ModelConfig,
+    Preset,
+    ServerConfig,
+    SupervisorConfig,
+    load_config,
+    parse_config,
+    with_demo_model,
+)
 from opta_lmx.errors import ConfigError
 
 
@@ -65,6 +78,36 @@ def test_demo_model_is_added_when_none_configured(tmp_path: Path) -> None:
     assert [(m.name, m.path) for m in config.models] == [(DEMO_MODEL_NAME, str(tmp_path))]
 
 
-def test_example_config_in_etc_is_valid() -> None:
-    config = load_config(Path(__file__).parents[1] / "etc" / "opta-lmx.toml")
-    assert config.server.port == 1234
+EXAMPLE = Path(__file__).parents[1] / "etc" / "opta-lmx.toml"
+
+
+def test_example_config_in_etc_is_valid_and_states_the_defaults() -> None:
+    config = load_config(EXAMPLE)
+    assert config.server == ServerConfig()
+    assert config.supervisor == SupervisorConfig()
+    assert config.memory == MemoryConfig()
+
+
+def test_example_config_documents_every_key() -> None:
+    text = EXAMPLE.read_text()
+    for struct in (Config, ServerConfig, SupervisorConfig, MemoryConfig, Preset, ModelConfig):
+        for field in msgspec.structs.fields(struct):
+            assert re.search(rf"^#? ?(# )?{field.name} = |^\[{field.name}\]|\[{field.name}\.|\[\[{field.name}\]\]", text, re.M), field.name
+
+
+def test_the_uncommented_example_model_and_preset_are_valid() -> None:
+    lines = EXAMPLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# [presets."))
+    body = "\n".join(re.sub(r"^# ?", "", line) for line in lines[start:] if line.startswith("# ") and "=" in line or line.startswith("# [") )
+    config = parse_config(body)
+    assert config.models[0].aliases == ["gpt-4o-mini"] and config.models[0].preset == "precise"
+    assert config.model("gpt-4o-mini") is config.models[0]
+
+
+def test_presets_and_aliases_are_checked() -> None:
+    with pytest.raises(ConfigError, match="no \\[presets.nope\\]"):
+        parse_config("[[models]]\nname='a'\npath='p'\npreset='nope'")
+    with pytest.raises(ConfigError, match="listed twice"):
+        parse_config("[[models]]\nname='a'\npath='p'\n[[models]]\nname='b'\npath='q'\naliases=['a']")
+    with pytest.raises(ConfigError, match="engine 'torch'"):
+        parse_config("[[models]]\nname='a'\npath='p'\nengine='torch'")

@@ -15,6 +15,7 @@ import msgspec
 from opta_lmx.errors import ConfigError
 
 DEMO_MODEL_NAME = "opta-demo"
+ENGINES = ("auto", "mlx", "gguf")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -62,11 +63,24 @@ class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_loaded_models: int = 0
 
 
+class Preset(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Request defaults for the models that name this preset; a request's own values win."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
-    # "mlx", or "package.module:Class" for an engine plug-in.
-    engine: str = "mlx"
+    # "auto" (GGUF files -> "gguf", else "mlx"), "mlx", or "package.module:Class" (a plug-in).
+    engine: str = "auto"
+    # Other names clients may use for this model.
+    aliases: list[str] = []
+    # The name of a [presets.NAME] table whose values are this model's request defaults.
+    preset: str | None = None
     # Seconds idle before the model is unloaded: -1 never, 0 as soon as it is idle.
     keep_alive: float = -1
     # Never evicted to make room for another model.
@@ -79,12 +93,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     memory: MemoryConfig = MemoryConfig()
+    presets: dict[str, Preset] = {}
     models: list[ModelConfig] = []
     # Where built demo models, logs and state live; "" means the default data directory.
     data_dir: str = ""
 
     def model(self, name: str) -> ModelConfig | None:
-        return next((m for m in self.models if m.name == name), None)
+        """The model called ``name``, or having it as an alias."""
+        return next((m for m in self.models if m.name == name or name in m.aliases), None)
 
 
 def default_data_dir() -> Path:
@@ -120,19 +136,22 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: memory needs budget > 0 and 0 < soft_limit <= hard_limit <= 1")
     seen: set[str] = set()
     for model in config.models:
-        if model.engine != "mlx" and ":" not in model.engine:
+        if model.engine not in ENGINES and ":" not in model.engine:
             raise ConfigError(
                 f"{source}: model {model.name!r}: engine {model.engine!r} is not available "
-                "(use \"mlx\" or \"package.module:Class\")"
+                f"(use one of {', '.join(ENGINES)}, or \"package.module:Class\")"
             )
-        if not _MODEL_NAME.match(model.name):
-            raise ConfigError(
-                f"{source}: model name {model.name!r} must be 1-128 characters of letters, digits, "
-                "'.', '_', ':', '/', '-' and start with a letter or digit"
-            )
-        if model.name in seen:
-            raise ConfigError(f"{source}: model name {model.name!r} is listed twice")
-        seen.add(model.name)
+        if model.preset is not None and model.preset not in config.presets:
+            raise ConfigError(f"{source}: model {model.name!r}: no [presets.{model.preset}] table")
+        for name in (model.name, *model.aliases):
+            if not _MODEL_NAME.match(name):
+                raise ConfigError(
+                    f"{source}: model name {name!r} must be 1-128 characters of letters, digits, "
+                    "'.', '_', ':', '/', '-' and start with a letter or digit"
+                )
+            if name in seen:
+                raise ConfigError(f"{source}: model name {name!r} is listed twice")
+            seen.add(name)
 
 
 def with_demo_model(config: Config, demo_path: Path) -> Config:

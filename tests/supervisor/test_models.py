@@ -314,3 +314,32 @@ def test_jit_load_takes_the_warm_spare_and_reports_the_time_split(make_server, t
     spawn, imports, load, first = map(float, times.groups())
     assert imports < 0.5  # paid by the spare before the load was asked for
     assert first >= load
+
+
+def test_swap_by_reload_drains_the_running_stream(make_server, tiny_model: Path, tmp_path: Path) -> None:
+    from opta_lmx.demo.builder import build_demo_model
+
+    replacement = build_demo_model(tmp_path / "v2", "tiny", seed=7)
+    server: Server = make_server(FAST + models_block({"m": (tiny_model, SLOW)}))
+    server.wait_models()
+    client = client_for(server)
+    old_text = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=8, temperature=0)
+    chunks: list = []
+    streamer = threading.Thread(
+        target=lambda: chunks.extend(
+            client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=120, stream=True)
+        )
+    )
+    streamer.start()
+    deadline = time.monotonic() + 10
+    while "1 in flight" not in ctl(server, "status", "m").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    server.config_path.write_text(FAST + models_block({"m": (replacement, SLOW)}))
+    reloaded = ctl(server, "reload")
+    streamer.join(60)
+    assert reloaded.returncode == 0 and "m: replaced" in reloaded.stdout
+    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")  # completed, not cut
+    server.wait_models()
+    new_text = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=8, temperature=0)
+    assert new_text.choices[0].message.content != old_text.choices[0].message.content  # new weights

@@ -46,19 +46,17 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 async def list_models(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
-    data = [
-        {"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx"}
-        for name in state.models.names()
-    ]
+    names = [name for model in state.config.models for name in (model.name, *model.aliases)]
+    data = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx"} for name in names]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def health(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     models = {}
-    for name in state.models.names():
-        status = state.models.get(name)
-        models[name] = status.state if status else "UNKNOWN"
+    for model in state.config.models:
+        status = state.models.get(model.name)
+        models[model.name] = status.state if status else "UNKNOWN"
     ok = not state.shutting_down
     body = {"status": "ok" if ok else "shutting_down", "models": models}
     return JSONResponse(body, status_code=200 if ok else 503)

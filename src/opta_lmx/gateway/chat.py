@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from opta_lmx.config import Preset
 from opta_lmx.errors import (
     ApiError,
     GenerationTimeout,
@@ -29,6 +30,7 @@ from opta_lmx.proto import ChatMessage, Failed, Finished, FromWorker, SamplingPa
 log = logging.getLogger("opta_lmx.gateway")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_NO_PRESET = Preset()
 _LOADING_KEEPALIVE = 2.0
 
 
@@ -37,20 +39,23 @@ async def chat_completions(request: Request) -> Response:
     if state.shutting_down:
         raise ServerShuttingDown("The server is shutting down; retry shortly.")
     body = decode_chat_request(await request.body())
-    status = state.models.get(body.model)
-    if status is None:
+    model = state.config.model(body.model)
+    status = state.models.get(model.name) if model is not None else None
+    if model is None or status is None:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
+    preset = state.config.presets.get(model.preset) if model.preset else None
+    job = _Job(model.name, _messages(body), _params(body, preset or _NO_PRESET))
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        stream = ChatStream(body.model, include_usage)
+        stream = ChatStream(model.name, include_usage)
         if status.state != "RUNNING":
             # A load can take long: answer now and keep the connection warm with SSE comments.
-            return _sse(_stream_after_load(state, body, stream))
-        pending = await _prepare(state, body)
+            return _sse(_stream_after_load(state, job, stream))
+        pending = await _prepare(state, job)
         return _sse(_stream(state, pending, stream))
-    pending = await _prepare(state, body)
+    pending = await _prepare(state, job)
     try:
-        return await _collect_unless_disconnected(request, state, pending, body.model)
+        return await _collect_unless_disconnected(request, state, pending, model.name)
     except BaseException:
         state.link.cancel(pending)
         raise
@@ -60,13 +65,19 @@ def _sse(lines: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(lines, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-async def _prepare(state: GatewayState, body: ChatCompletionRequest) -> Pending:
+class _Job(NamedTuple):
+    """What is sent to a worker: the resolved model name and the request in wire form."""
+
+    model: str
+    messages: list[ChatMessage]
+    params: SamplingParams
+
+
+async def _prepare(state: GatewayState, job: _Job) -> Pending:
     """Load the model if needed, send the request, and wait for the worker to accept it."""
     settings = state.config
-    status = await state.models.ready(
-        body.model, settings.server.ready_wait, settings.supervisor.load_timeout
-    )
-    pending = await state.link.open(status.identity, messages=_messages(body), params=_params(body))
+    status = await state.models.ready(job.model, settings.server.ready_wait, settings.supervisor.load_timeout)
+    pending = await state.link.open(status.identity, messages=job.messages, params=job.params)
     try:
         first = await _next(state, pending)
         if not isinstance(first, Started):
@@ -77,10 +88,8 @@ async def _prepare(state: GatewayState, body: ChatCompletionRequest) -> Pending:
     return pending
 
 
-async def _stream_after_load(
-    state: GatewayState, body: ChatCompletionRequest, stream: ChatStream
-) -> AsyncIterator[bytes]:
-    preparing = asyncio.ensure_future(_prepare(state, body))
+async def _stream_after_load(state: GatewayState, job: _Job, stream: ChatStream) -> AsyncIterator[bytes]:
+    preparing = asyncio.ensure_future(_prepare(state, job))
     try:
         while True:
             done, _ = await asyncio.wait({preparing}, timeout=_LOADING_KEEPALIVE)
@@ -106,12 +115,17 @@ def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
     ]
 
 
-def _params(body: ChatCompletionRequest) -> SamplingParams:
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _params(body: ChatCompletionRequest, preset: Preset) -> SamplingParams:
+    """The request's sampling values; where it has none, the model's preset's; else the API's."""
     return SamplingParams(
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        stop=stop_list(body.stop),
+        max_tokens=_first(body.max_completion_tokens, body.max_tokens, preset.max_tokens),
+        temperature=_first(body.temperature, preset.temperature, 1.0),
+        top_p=_first(body.top_p, preset.top_p, 1.0),
+        stop=stop_list(body.stop) if body.stop is not None else list(preset.stop or []),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import msgspec
 import zmq
@@ -24,8 +25,17 @@ _CONTROL_TIMEOUT = 30.0
 
 
 class ModelTable:
-    def __init__(self, context: zmq.asyncio.Context, events: str, control: str, link: WorkerLink) -> None:
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        events: str,
+        control: str,
+        link: WorkerLink,
+        on_config_version: Callable[[int], None],
+    ) -> None:
         self._context = context
+        self._on_config_version = on_config_version
+        self._config_version = 0
         self._events_address = events
         self._control_address = control
         self._link = link
@@ -49,9 +59,6 @@ class ModelTable:
 
     def get(self, name: str) -> ModelStatus | None:
         return self._statuses.get(name)
-
-    def names(self) -> list[str]:
-        return list(self._statuses)
 
     async def ready(self, name: str, ready_wait: float, load_timeout: float) -> ModelStatus:
         """The RUNNING status of ``name``, loading it first if it is not loaded.
@@ -137,6 +144,9 @@ class ModelTable:
     async def _apply(self, status: ModelStatus) -> None:
         old = self._statuses.get(status.name)
         self._seen_seq = max(self._seen_seq, status.seq)
+        if status.config_version > self._config_version:
+            self._config_version = status.config_version
+            self._on_config_version(status.config_version)
         if old is not None and status.seq <= old.seq:
             return
         if status.removed:

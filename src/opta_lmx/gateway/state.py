@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import msgspec
 import zmq.asyncio
 
 from opta_lmx.config import Config
@@ -10,16 +13,24 @@ from opta_lmx.gateway.link import WorkerLink
 from opta_lmx.gateway.models import ModelTable
 from opta_lmx.runtime import Runtime
 
+log = logging.getLogger("opta_lmx.gateway")
+
 
 class GatewayState:
     def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
+        self._runtime = runtime
         self.context = zmq.asyncio.Context()
         self.link = WorkerLink(self.context, runtime.data_address)
         self.models = ModelTable(
-            self.context, runtime.events_address, runtime.control_address, self.link
+            self.context, runtime.events_address, runtime.control_address, self.link, self._reread_config
         )
         self.shutting_down = False
+
+    def _reread_config(self, version: int) -> None:
+        """The supervisor reloaded its config: take the new models, aliases and presets."""
+        self.config = msgspec.json.decode(self._runtime.config_path.read_bytes(), type=Config)
+        log.info("config version %d: %d models", version, len(self.config.models))
 
     async def start(self) -> None:
         self.link.start()

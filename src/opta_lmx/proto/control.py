@@ -32,6 +32,8 @@ class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     import_seconds: float = 0.0
     load_seconds: float = 0.0
     first_token_seconds: float = 0.0
+    # Grows with every config reload; a subscriber that sees a newer one re-reads the config.
+    config_version: int = 0
 
 
 class GetStatus(msgspec.Struct, tag="status", frozen=True):

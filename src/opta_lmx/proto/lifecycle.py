@@ -12,13 +12,14 @@ SPARE_IDENTITY_PREFIX = "~spare#"
 
 
 class MemoryReading(msgspec.Struct, frozen=True):
-    """Bytes. ``mlx_*`` from the engine's allocator; ``rss``/``uss`` of the worker process."""
+    """Bytes. ``mlx_*`` from the engine's allocator; ``rss``/``uss``/``pss`` of the worker process."""
 
     rss: int = 0
     uss: int = 0
     mlx_active: int = 0
     mlx_cache: int = 0
     mlx_peak: int = 0
+    pss: int = 0
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):

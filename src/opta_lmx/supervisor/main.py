@@ -57,6 +57,7 @@ class Supervisor:
         self._reports = self._bind(zmq.ROUTER, runtime.workers_address)
         self._encoder = msgspec.msgpack.Encoder()
         self._seq = 0
+        self.config_version = 0
         self._addresses = WorkerAddresses(runtime.data_address, runtime.workers_address)
         self.spares = SparePool(
             runtime.workers_address,
@@ -143,16 +144,20 @@ class Supervisor:
     def seq(self) -> int:
         return self._seq
 
+    def _status(self, worker: WorkerProcess) -> ModelStatus:
+        return msgspec.structs.replace(worker.status(self._seq), config_version=self.config_version)
+
     def publish(self, worker: WorkerProcess) -> None:
         self._seq += 1
-        self._events.send(self._encoder.encode(worker.status(self._seq)))
+        self._events.send(self._encoder.encode(self._status(worker)))
 
     def publish_removed(self, name: str) -> None:
         self._seq += 1
-        self._events.send(self._encoder.encode(ModelStatus(name, State.STOPPED.value, self._seq, removed=True)))
+        removed = ModelStatus(name, State.STOPPED.value, self._seq, removed=True, config_version=self.config_version)
+        self._events.send(self._encoder.encode(removed))
 
     def statuses(self) -> list[ModelStatus]:
-        return [w.status(self._seq) for w in self.workers.values()]
+        return [self._status(w) for w in self.workers.values()]
 
     def send_to_worker(self, identity: str, command: WorkerCommand) -> None:
         try:
@@ -294,6 +299,7 @@ class Supervisor:
             notes.append("server settings change on restart only")
         self.config = msgspec.structs.replace(new, server=self.config.server)
         self.runtime.config_path.write_bytes(msgspec.json.encode(self.config))
+        self.config_version += 1
         for name in [n for n in old if n not in fresh or fresh[n] != old[n]]:
             await self.workers.pop(name).stop("removed by reload" if name not in fresh else "changed by reload")
             self.publish_removed(name)
@@ -306,6 +312,8 @@ class Supervisor:
             notes.append(f"{name}: added" if name not in old else "")
             if model.load_on_start:
                 await self.load(worker)
+        for worker in self.workers.values():  # aliases and presets may have changed for any model
+            self.publish(worker)
         return CommandResult(ok=True, message="; ".join(n for n in notes if n) or "no changes")
 
     # -- the gateway -------------------------------------------------------------------------

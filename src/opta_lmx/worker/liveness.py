@@ -13,10 +13,10 @@ from opta_lmx.worker.engines.base import Engine
 
 
 def process_memory(engine: Engine | None = None) -> MemoryReading:
-    """The engine's allocator figures plus this process's RSS and USS."""
+    """The engine's allocator figures plus this process's RSS, USS and (Linux) PSS."""
     info = psutil.Process().memory_full_info()
     base = engine.memory() if engine is not None else MemoryReading()
-    return msgspec.structs.replace(base, rss=info.rss, uss=getattr(info, "uss", 0))
+    return msgspec.structs.replace(base, rss=info.rss, uss=getattr(info, "uss", 0), pss=getattr(info, "pss", 0))
 
 
 class Heartbeats(threading.Thread):

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import msgspec
@@ -25,12 +26,23 @@ from opta_lmx.worker.engines.base import Engine
 EXIT_LOAD_FAILED = 3
 
 
+def resolve_engine(spec: str, path: str) -> str:
+    """``auto`` is ``gguf`` for GGUF weights and ``mlx`` otherwise."""
+    if spec != "auto":
+        return spec
+    location = Path(path)
+    is_gguf = location.suffix == ".gguf" or (location.is_dir() and any(location.glob("*.gguf")))
+    return "gguf" if is_gguf else "mlx"
+
+
 def load_engine_class(spec: str) -> Callable[[str, str], Engine]:
     """``mlx`` or a plug-in ``package.module:Class`` constructed as ``Class(model_name, path)``."""
     if spec == "mlx":
         from opta_lmx.worker.engines.mlx import MlxEngine
 
         return MlxEngine
+    if spec == "gguf":
+        raise NotImplementedError("GGUF models (llama-cpp-python) are not supported by this version yet")
     module_name, _, class_name = spec.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -39,7 +51,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opta-lmx-worker")
     parser.add_argument("--model")
     parser.add_argument("--path")
-    parser.add_argument("--engine", default="mlx", help='"mlx" or "package.module:Class"')
+    parser.add_argument("--engine", default="auto", help='"auto", "mlx" or "package.module:Class"')
     parser.add_argument("--generation", type=int, default=0)
     parser.add_argument("--spare", type=int, default=None, help="start as warm spare number N")
     parser.add_argument("--data", required=True, help="gateway data ROUTER address")
@@ -80,7 +92,7 @@ def serve(context: zmq.Context, args: argparse.Namespace, began: float) -> int:
 
     started = time.perf_counter()
     try:
-        engine_class = load_engine_class(args.engine)
+        engine_class = load_engine_class(resolve_engine(args.engine, args.path))
         imported = time.perf_counter()
         engine = engine_class(args.model, args.path)
     except Exception as exc:

@@ -1,0 +1,49 @@
+"""Model names, aliases and presets as a client sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+
+from tests.conftest import Server
+
+
+def test_aliases_and_preset_defaults(make_server, tiny_model: Path) -> None:
+    config = f"""
+[presets.short]
+max_tokens = 3
+temperature = 0.0
+
+[[models]]
+name = "tiny"
+path = "{tiny_model}"
+aliases = ["gpt-4o-mini"]
+preset = "short"
+"""
+    server: Server = make_server(config)
+    server.wait_models()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    try:
+        assert sorted(m.id for m in client.models.list().data) == ["gpt-4o-mini", "tiny"]
+        messages = [{"role": "user", "content": "hi"}]
+        by_alias = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        assert by_alias.model == "tiny"
+        assert by_alias.usage.completion_tokens == 3  # the preset's max_tokens
+        again = client.chat.completions.create(model="tiny", messages=messages)
+        assert again.choices[0].message.content == by_alias.choices[0].message.content  # temperature 0
+        longer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
+        assert longer.usage.completion_tokens == 5  # the request's own value wins
+    finally:
+        client.close()
+
+
+def test_gguf_model_fails_to_load_with_a_clear_reason(make_server, tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    settings = "[supervisor]\nbackoff_initial = 0.1\nmax_failures = 1\n"
+    server: Server = make_server(settings + f'[[models]]\nname = "g"\npath = "{gguf}"\n')
+    server.wait_models({"g": "FATAL"})
+    assert "GGUF models (llama-cpp-python) are not supported" in server.log() + (
+        server.home / "logs" / "g.log"
+    ).read_text()
