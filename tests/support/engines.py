@@ -9,6 +9,7 @@ from opta_lmx.worker.engines.mlx import MlxEngine
 
 STALL_AFTER = 5
 SLOW_STEP_SECONDS = 0.03
+SLOW_PREFILL_SECONDS = 0.8
 
 
 class StallingEngine(MlxEngine):
@@ -28,4 +29,19 @@ class SlowEngine(MlxEngine):
 
     def step(self) -> list[FromWorker]:
         time.sleep(SLOW_STEP_SECONDS)
+        return super().step()
+
+
+class SlowPrefillEngine(MlxEngine):
+    """Each request's first step takes ``SLOW_PREFILL_SECONDS``, like a long prompt: the worker is
+    busy while its progress counter has not moved yet."""
+
+    def submit(self, request):  # type: ignore[no-untyped-def]
+        self._prefill_pending = True
+        return super().submit(request)
+
+    def step(self) -> list[FromWorker]:
+        if getattr(self, "_prefill_pending", False):
+            self._prefill_pending = False
+            time.sleep(SLOW_PREFILL_SECONDS)
         return super().step()

@@ -190,7 +190,9 @@ class WorkerProcess:
         match report:
             case Heartbeat():
                 previous = self.last_heartbeat
-                if previous is None or report.progress != previous.progress:
+                was_idle = previous is None or previous.active_requests == 0
+                # The hang clock runs only while busy: it restarts when work arrives after idling.
+                if was_idle or report.progress != previous.progress:
                     self._progress_at = now
                 if report.active_requests > 0 or (previous and report.progress != previous.progress):
                     self.last_used = now
