@@ -12,9 +12,9 @@ class Engine(Protocol):
 
     The worker loop calls these from one thread only. Contract:
 
-    - ``submit`` accepts a request or answers at once with its ``Failed``; an accepted request
-      produces ``Started`` first, then ``TokenChunk``s, and ends with exactly one ``Finished`` or
-      ``Failed``, over the following ``step`` calls.
+    - ``submit`` answers at once with ``Started`` (accepted: it fits the context) or its
+      ``Failed``; an accepted request then produces ``TokenChunk``s and ends with exactly one
+      ``Finished`` or ``Failed`` over the following ``step`` calls.
     - ``step`` advances every active request by at most one token and returns the messages that
       produced, in order. It never blocks waiting for new requests.
     - ``cancel`` is idempotent: an unknown or finished request id is ignored. A cancelled request

@@ -1,19 +1,26 @@
-"""The MLX engine: mlx-lm models, one decode step per active request per ``step`` call.
+"""The MLX engine: mlx-lm models with continuous batching (mlx-lm's ``BatchGenerator``).
 
-Requests are interleaved token by token (each has its own KV cache); continuous batching with
-``BatchGenerator`` replaces this loop behind the same ``Engine`` contract.
+Every request being decoded shares one batch: a ``step`` call runs one decode step for all of them,
+then prefills one chunk of the prompts waiting to join, so the ones already generating keep getting
+a token every step while a newcomer is prefilled (that step just takes longer). A request that ends
+in this engine (stop string, cancel) leaves the batch with ``BatchGenerator.remove``; one that ends
+in the generator (eos, ``max_tokens``) has already left it.
+
+Text is made here, not in the generator: one incremental detokenizer and one ``StopMatcher`` per
+request, so stop strings split across tokens are never emitted.
 """
 
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import mlx.core as mx
 from mlx_lm import load
-from mlx_lm.generate import generate_step
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.generate import BatchGenerator, GenerationBatch
+from mlx_lm.sample_utils import Sampler, make_sampler
 
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
 from opta_lmx.worker.stops import StopMatcher
@@ -22,29 +29,64 @@ _DEFAULT_CTX_LEN = 4096
 
 
 @dataclass
-class _Active:
+class _Request:
     request_id: int
+    uid: int  # the generator's id for it
     prompt_tokens: int
     max_tokens: int
-    tokens: Iterator[tuple[Any, Any]]
     detokenizer: Any
     stops: StopMatcher
     generated: int = 0
-    started: bool = field(default=False)
+
+
+@lru_cache(maxsize=64)
+def _sampler(temperature: float, top_p: float) -> Sampler:
+    # Requests with equal parameters get the same sampler object: BatchGenerator samples all rows
+    # in one call only when every row's sampler is the same object, else it slices row by row.
+    return make_sampler(temp=temperature, top_p=top_p)
 
 
 class MlxEngine:
-    def __init__(self, model_name: str, path: str) -> None:
+    """An mlx-lm model behind the ``Engine`` contract, decoding all requests as one batch.
+
+    ``completion_batch_size`` caps the requests decoded together (more wait their turn, in order,
+    already ``Started``); ``prefill_batch_size`` caps the prompts prefilled in one step, and
+    ``prefill_step_size`` the tokens of each prompt per step, which bounds how much one step's
+    prefill can delay the tokens of the others.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        path: str,
+        *,
+        completion_batch_size: int = 32,
+        prefill_batch_size: int = 8,
+        prefill_step_size: int = 2048,
+    ) -> None:
         self.model_name = model_name
         self._model, self._tokenizer, config = load(path, return_config=True)
         self.ctx_len = int(config.get("max_position_embeddings") or _DEFAULT_CTX_LEN)
-        self._eos = set(self._tokenizer.eos_token_ids)
-        self._active: dict[int, _Active] = {}
+        self._eos = frozenset(self._tokenizer.eos_token_ids)
+        self._batch_sizes = (completion_batch_size, prefill_batch_size, prefill_step_size)
+        self._batch = self._new_batch()
+        self._requests: dict[int, _Request] = {}
+        self._by_uid: dict[int, _Request] = {}
         self._progress = 0
+
+    def _new_batch(self) -> BatchGenerator:
+        completion, prefill, step = self._batch_sizes
+        return BatchGenerator(
+            self._model,
+            stop_tokens=[[t] for t in self._eos],
+            completion_batch_size=completion,
+            prefill_batch_size=prefill,
+            prefill_step_size=step,
+        )
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        return len(self._requests)
 
     @property
     def progress(self) -> int:
@@ -72,52 +114,79 @@ class MlxEngine:
             ]
         params = request.params
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        sampler = make_sampler(temp=params.temperature, top_p=params.top_p)
-        tokens = generate_step(
-            mx.array(prompt), self._model, max_tokens=max_tokens, sampler=sampler
+        if max_tokens < 1:  # the gateway refuses these; a direct caller gets a clear answer
+            return [Failed(rid, "invalid_request", "max_tokens must be at least 1")]
+        (uid,) = self._batch.insert(
+            [prompt],
+            max_tokens=[max_tokens],
+            samplers=[_sampler(params.temperature, params.top_p)],
         )
-        self._active[rid] = _Active(
+        entry = _Request(
             request_id=rid,
+            uid=uid,
             prompt_tokens=len(prompt),
             max_tokens=max_tokens,
-            tokens=tokens,
             detokenizer=self._tokenizer.detokenizer,
             stops=StopMatcher(params.stop),
         )
-        return []
+        self._requests[rid] = entry
+        self._by_uid[uid] = entry
+        # Answered before the prefill, so the client gets its HTTP status and headers at once.
+        return [Started(rid, len(prompt))]
 
     def step(self) -> list[FromWorker]:
         out: list[FromWorker] = []
-        for request in list(self._active.values()):
-            if not request.started:
-                request.started = True
-                out.append(Started(request.request_id, request.prompt_tokens))
-            try:
-                self._advance(request, out)
-            except Exception as exc:  # an engine fault fails this request, not the worker
-                del self._active[request.request_id]
-                out.append(Failed(request.request_id, "engine_error", f"{type(exc).__name__}: {exc}"))
+        try:
+            _prompt_progress, generated = self._batch.next()
+        except Exception as exc:  # the batch's state is unknown after a fault: fail it, start anew
+            self._batch = self._new_batch()
+            return out + self.abort_all("engine_error", f"{type(exc).__name__}: {exc}")
+        leaving = []
+        for response in generated:
+            if not self._take(response, out) and response.finish_reason is None:
+                leaving.append(response.uid)  # it ended here, but the generator still holds it
+        if leaving:
+            self._batch.remove(leaving)
         return out
 
-    def _advance(self, request: _Active, out: list[FromWorker]) -> None:
-        token, _logprobs = next(request.tokens)
-        request.generated += 1
+    def _take(self, response: GenerationBatch.Response, out: list[FromWorker]) -> bool:
+        """Handle one sampled token; True while its request goes on."""
+        request = self._by_uid.get(response.uid)
+        if request is None:
+            return False
+        try:
+            # The generator's own verdict (eos, max_tokens) always agrees with ours; taking it as
+            # a fallback means a request can never stay here after the generator dropped it.
+            reason = self._advance(request, response.token, out) or response.finish_reason
+            if reason is None:
+                return True
+            self._finish(request, reason, out)
+        except Exception as exc:  # a fault in one request's text fails that request only
+            self._forget(request)
+            out.append(Failed(request.request_id, "engine_error", f"{type(exc).__name__}: {exc}"))
+        return False
+
+    def _advance(self, request: _Request, token: int, out: list[FromWorker]) -> str | None:
+        """Feed one token; the finish reason if the request ends with it."""
+        request.generated += 1  # every sampled token counts, eos included
         self._progress += 1
         if token in self._eos:
-            self._finish(request, "stop", out)
-            return
+            return "stop"
         request.detokenizer.add_token(token)
         text = request.stops.feed(request.detokenizer.last_segment)
         if text:
             out.append(TokenChunk(request.request_id, text, 1))
         if request.stops.stopped:
-            self._finish(request, "stop", out, flush=False)
-        elif request.generated >= request.max_tokens:
-            self._finish(request, "length", out)
+            return "stop"
+        if request.generated >= request.max_tokens:
+            return "length"
+        return None
 
-    def _finish(self, request: _Active, reason: str, out: list[FromWorker], flush: bool = True) -> None:
-        del self._active[request.request_id]
-        if flush:
+    def _finish(self, request: _Request, reason: str, out: list[FromWorker]) -> None:
+        self._forget(request)
+        # After a stop string nothing more may be emitted; otherwise the detokenizer may still
+        # hold the tail of a multi-byte character, and the matcher a possible stop prefix.
+        if not request.stops.stopped:
             request.detokenizer.finalize()
             tail = request.stops.feed(request.detokenizer.last_segment)
             if request.stops.stopped:
@@ -128,15 +197,24 @@ class MlxEngine:
                 out.append(TokenChunk(request.request_id, tail, 0))
         out.append(Finished(request.request_id, reason, request.prompt_tokens, request.generated))
 
+    def _forget(self, request: _Request) -> None:
+        self._requests.pop(request.request_id, None)
+        self._by_uid.pop(request.uid, None)
+
     def cancel(self, request_id: int) -> list[FromWorker]:
-        request = self._active.pop(request_id, None)
+        request = self._requests.get(request_id)
         if request is None:
             return []
+        self._forget(request)
+        self._batch.remove([request.uid])
         return [Finished(request_id, "cancelled", request.prompt_tokens, request.generated)]
 
     def abort_all(self, code: str, message: str) -> list[FromWorker]:
-        out: list[FromWorker] = [Failed(rid, code, message) for rid in self._active]
-        self._active.clear()
+        out: list[FromWorker] = [Failed(rid, code, message) for rid in self._requests]
+        if self._by_uid:
+            self._batch.remove(list(self._by_uid))
+        self._requests.clear()
+        self._by_uid.clear()
         return out
 
     def memory(self) -> MemoryReading:
