@@ -107,3 +107,20 @@ def test_concurrent_requests_all_complete(client: openai.OpenAI) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(one, range(8))) == [16] * 8
+
+
+def test_seed_penalties_and_extensions_through_the_sdk(client: openai.OpenAI) -> None:
+    def ask(**kwargs: object) -> str:
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, **kwargs)
+        return reply.choices[0].message.content or ""
+
+    seeded = ask(temperature=1.0, seed=11)
+    assert ask(temperature=1.0, seed=11) == seeded
+    assert ask(temperature=1.0, seed=12) != seeded
+    greedy = ask(temperature=0)
+    assert ask(temperature=0, frequency_penalty=2.0) != greedy
+    assert ask(temperature=1.0, extra_body={"top_k": 1}) == greedy
+    biased = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=3, temperature=0, logit_bias={"300": 100}
+    )
+    assert biased.usage.completion_tokens == 3

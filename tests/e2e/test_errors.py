@@ -52,8 +52,8 @@ def test_sdk_raises_typed_errors(server: Server) -> None:
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=GOOD["messages"])
-    with pytest.raises(openai.BadRequestError, match="seed"):
-        client.chat.completions.create(model="tiny", messages=GOOD["messages"], seed=1)
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(model="tiny", messages=GOOD["messages"], response_format={"type": "json_object"})
     with pytest.raises(openai.BadRequestError, match="'n'"):
         client.chat.completions.create(model="tiny", messages=GOOD["messages"], stream=True, n=2)
 

@@ -55,7 +55,11 @@ def test_text_parts_are_joined_and_neutral_values_accepted() -> None:
         (body(response_format={"type": "json_object"}), UnsupportedParameter, "response_format"),
         (body(tools=[{"type": "function"}]), UnsupportedParameter, "tools"),
         (body(logprobs=True), UnsupportedParameter, "logprobs"),
-        (body(seed=3), UnsupportedParameter, "seed"),
+        (body(seed="three"), InvalidRequest, "seed"),
+        (body(presence_penalty=3), InvalidRequest, "presence_penalty"),
+        (body(logit_bias={"12": 101}), InvalidRequest, "logit_bias[...]"),
+        (body(logit_bias={"fox": 1}), InvalidRequest, "logit_bias"),
+        (body(top_logprobs=21), InvalidRequest, "top_logprobs"),
         (
             body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
             UnsupportedParameter,

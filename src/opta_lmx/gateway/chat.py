@@ -23,7 +23,13 @@ from opta_lmx.errors import (
 )
 from opta_lmx.gateway.completions import ChatStream, chat_completion, error_line
 from opta_lmx.gateway.link import Pending
-from opta_lmx.gateway.schemas import ChatCompletionRequest, decode_chat_request, message_text, stop_list
+from opta_lmx.gateway.schemas import (
+    ChatCompletionRequest,
+    decode_chat_request,
+    logit_bias_ids,
+    message_text,
+    stop_list,
+)
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import ChatMessage, Failed, Finished, FromWorker, SamplingParams, Started, TokenChunk
 
@@ -126,6 +132,13 @@ def _params(body: ChatCompletionRequest, preset: Preset) -> SamplingParams:
         temperature=_first(body.temperature, preset.temperature, 1.0),
         top_p=_first(body.top_p, preset.top_p, 1.0),
         stop=stop_list(body.stop) if body.stop is not None else list(preset.stop or []),
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias=logit_bias_ids(body.logit_bias or {}),
     )
 
 

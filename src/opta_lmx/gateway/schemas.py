@@ -40,19 +40,18 @@ class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
     include_usage: bool = False
 
 
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
+
 # Parameters we accept only at their neutral value (what the API does when they are left out).
 _NEUTRAL: dict[str, Any] = {
     "n": 1,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
     "logprobs": False,
     "top_logprobs": None,
-    "seed": None,
     "response_format": None,
     "tools": None,
     "tool_choice": None,
     "parallel_tool_calls": None,
-    "logit_bias": None,
 }
 
 
@@ -68,16 +67,20 @@ class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     user: str | None = None
     n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     seed: int | None = None
+    logit_bias: dict[str, Bias] | None = None
+    # Not in OpenAI's API; what vLLM, llama.cpp and LM Studio accept under the same names.
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    logit_bias: dict[str, float] | None = None
 
 
 _DECODER = msgspec.json.Decoder(ChatCompletionRequest)
@@ -95,6 +98,8 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     unsupported_parameters(request)
+    if request.logit_bias:
+        logit_bias_ids(request.logit_bias)
     return request
 
 
@@ -145,3 +150,11 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
     if stop is None:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
+
+
+def logit_bias_ids(bias: dict[str, float]) -> dict[int, float]:
+    """OpenAI sends token ids as JSON object keys, so as strings."""
+    try:
+        return {int(token): value for token, value in bias.items()}
+    except ValueError:
+        raise InvalidRequest("logit_bias keys must be token ids (integers).", param="logit_bias") from None

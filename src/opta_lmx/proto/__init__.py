@@ -37,6 +37,8 @@ from opta_lmx.proto.data import (
     SamplingParams,
     Started,
     TokenChunk,
+    TokenLogprob,
+    TokenLogprobs,
     ToWorker,
 )
 from opta_lmx.proto.lifecycle import (
@@ -88,6 +90,8 @@ __all__ = [
     "Tail",
     "TailReply",
     "TokenChunk",
+    "TokenLogprob",
+    "TokenLogprobs",
     "ToWorker",
     "Trim",
     "WorkerCommand",

@@ -18,16 +18,36 @@ class ChatMessage(msgspec.Struct, frozen=True):
 
 
 class SamplingParams(msgspec.Struct, frozen=True):
+    """Neutral defaults: a field left alone changes nothing."""
+
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] = []
+    top_k: int = 0
+    min_p: float = 0.0
+    # With a seed, sampling draws from the request's own random stream: same seed, same output.
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = {}
+    # Per generated token: its log probability, and the ``top_logprobs`` most likely alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 class Generate(msgspec.Struct, tag="generate", frozen=True):
+    """A chat (``messages``, rendered with the model's template) or a plain completion
+    (``prompt`` text or ``prompt_ids`` tokens, used as they are). ``echo`` sends the prompt's
+    text back as the first chunk."""
+
     request_id: int
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = []
     params: SamplingParams = SamplingParams()
+    prompt: str | None = None
+    prompt_ids: list[int] | None = None
+    echo: bool = False
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True):
@@ -46,12 +66,29 @@ class Started(msgspec.Struct, tag="s", array_like=True, frozen=True):
     prompt_tokens: int
 
 
+class TokenLogprob(msgspec.Struct, array_like=True, frozen=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobs(msgspec.Struct, array_like=True, frozen=True):
+    """One generated token's log probability and, if asked, the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TokenLogprob] = []
+
+
 class TokenChunk(msgspec.Struct, tag="t", array_like=True, frozen=True):
-    """One or more tokens' worth of text (several when the engine is ahead of the socket)."""
+    """One or more tokens' worth of text (several when the engine is ahead of the socket).
+    ``logprobs`` has one entry per token when the request asked for them."""
 
     request_id: int
     text: str
     n_tokens: int
+    logprobs: list[TokenLogprobs] | None = None
 
 
 class Finished(msgspec.Struct, tag="f", array_like=True, frozen=True):

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.generate import BatchGenerator, GenerationBatch
-from mlx_lm.sample_utils import Sampler, make_sampler
 
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
+from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
 from opta_lmx.worker.stops import StopMatcher
 
 _DEFAULT_CTX_LEN = 4096
@@ -36,14 +35,8 @@ class _Request:
     max_tokens: int
     detokenizer: Any
     stops: StopMatcher
+    top_logprobs: int | None  # None: no logprobs asked for
     generated: int = 0
-
-
-@lru_cache(maxsize=64)
-def _sampler(temperature: float, top_p: float) -> Sampler:
-    # Requests with equal parameters get the same sampler object: BatchGenerator samples all rows
-    # in one call only when every row's sampler is the same object, else it slices row by row.
-    return make_sampler(temp=temperature, top_p=top_p)
 
 
 class MlxEngine:
@@ -73,6 +66,7 @@ class MlxEngine:
         self._requests: dict[int, _Request] = {}
         self._by_uid: dict[int, _Request] = {}
         self._progress = 0
+        self._logprobs = LogprobReader(self._tokenizer)
 
     def _new_batch(self) -> BatchGenerator:
         completion, prefill, step = self._batch_sizes
@@ -93,6 +87,13 @@ class MlxEngine:
         return self._progress
 
     def prompt_tokens(self, request: Generate) -> list[int]:
+        """The chat template's rendering of the messages, or a completion's prompt as it is."""
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
+        if request.prompt is not None:
+            tokenizer = self._tokenizer
+            bos = tokenizer.bos_token is not None and not request.prompt.startswith(tokenizer.bos_token)
+            return list(tokenizer.encode(request.prompt, add_special_tokens=bos))
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         return list(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
@@ -116,10 +117,13 @@ class MlxEngine:
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         if max_tokens < 1:  # the gateway refuses these; a direct caller gets a clear answer
             return [Failed(rid, "invalid_request", "max_tokens must be at least 1")]
+        if any(not 0 <= t < len(self._tokenizer) for t in (*(request.prompt_ids or ()), *params.logit_bias)):
+            return [Failed(rid, "invalid_request", f"token ids must be in 0..{len(self._tokenizer) - 1}")]
         (uid,) = self._batch.insert(
             [prompt],
             max_tokens=[max_tokens],
-            samplers=[_sampler(params.temperature, params.top_p)],
+            samplers=[sampler_for(params)],
+            logits_processors=[logits_processors_for(params, self.ctx_len)],
         )
         entry = _Request(
             request_id=rid,
@@ -128,11 +132,15 @@ class MlxEngine:
             max_tokens=max_tokens,
             detokenizer=self._tokenizer.detokenizer,
             stops=StopMatcher(params.stop),
+            top_logprobs=params.top_logprobs if params.logprobs else None,
         )
         self._requests[rid] = entry
         self._by_uid[uid] = entry
         # Answered before the prefill, so the client gets its HTTP status and headers at once.
-        return [Started(rid, len(prompt))]
+        out: list[FromWorker] = [Started(rid, len(prompt))]
+        if request.echo:
+            out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
+        return out
 
     def step(self) -> list[FromWorker]:
         out: list[FromWorker] = []
@@ -157,7 +165,7 @@ class MlxEngine:
         try:
             # The generator's own verdict (eos, max_tokens) always agrees with ours; taking it as
             # a fallback means a request can never stay here after the generator dropped it.
-            reason = self._advance(request, response.token, out) or response.finish_reason
+            reason = self._advance(request, response, out) or response.finish_reason
             if reason is None:
                 return True
             self._finish(request, reason, out)
@@ -166,15 +174,19 @@ class MlxEngine:
             out.append(Failed(request.request_id, "engine_error", f"{type(exc).__name__}: {exc}"))
         return False
 
-    def _advance(self, request: _Request, token: int, out: list[FromWorker]) -> str | None:
+    def _advance(self, request: _Request, response: GenerationBatch.Response, out: list[FromWorker]) -> str | None:
         """Feed one token; the finish reason if the request ends with it."""
+        token = response.token
         request.generated += 1  # every sampled token counts, eos included
         self._progress += 1
         if token in self._eos:
             return "stop"
         request.detokenizer.add_token(token)
         text = request.stops.feed(request.detokenizer.last_segment)
-        if text:
+        if request.top_logprobs is not None:
+            entry = self._logprobs.entry(token, response.logprobs, request.top_logprobs)
+            out.append(TokenChunk(request.request_id, text, 1, [entry]))
+        elif text:
             out.append(TokenChunk(request.request_id, text, 1))
         if request.stops.stopped:
             return "stop"
