@@ -14,6 +14,7 @@ from starlette.routing import Route
 from opta_lmx.errors import ApiError, InvalidRequest
 from opta_lmx.gateway.chat import chat_completions
 from opta_lmx.gateway.state import GatewayState
+from opta_lmx.gateway.text_completions import completions
 
 log = logging.getLogger("opta_lmx.gateway")
 
@@ -66,6 +67,8 @@ def create_app(state: GatewayState) -> Starlette:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/completions", completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]

@@ -94,7 +94,7 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         request = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
-        raise _validation_error(str(exc)) from None
+        raise validation_error(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     unsupported_parameters(request)
@@ -107,7 +107,7 @@ def _join(path: str | None, field: str) -> str:
     return f"{path}.{field}" if path else field
 
 
-def _validation_error(message: str) -> InvalidRequest | UnsupportedParameter:
+def validation_error(message: str) -> InvalidRequest | UnsupportedParameter:
     if match := _UNKNOWN_FIELD.search(message):
         param = _join(match.group(2), match.group(1))
         return UnsupportedParameter(f"Unsupported parameter: '{param}' is not supported.", param=param)

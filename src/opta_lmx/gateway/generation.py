@@ -1,0 +1,197 @@
+"""The path every generating route shares: load, send, await acceptance, then stream or collect.
+
+Errors before the first byte are HTTP statuses; after it, a final error event in the stream
+(Starlette's rule). A client that goes away cancels its generations on the worker. A request
+with several choices (``n``, or a list of prompts) sends one ``Generate`` per choice; the worker
+batches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from opta_lmx.errors import ApiError, GenerationTimeout, failure_to_error
+from opta_lmx.gateway.link import Pending
+from opta_lmx.gateway.state import GatewayState
+from opta_lmx.proto import Failed, Finished, FromWorker, Started, TokenChunk, TokenLogprobs
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_LOADING_KEEPALIVE = 2.0
+
+
+class Job(NamedTuple):
+    """One choice to generate: the resolved model and the ``Generate`` fields (no request id)."""
+
+    model: str
+    fields: dict[str, Any]
+
+
+class Collected(NamedTuple):
+    text: str
+    finished: Finished
+    logprobs: list[TokenLogprobs] | None
+
+
+def sse(lines: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(lines, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def prepare(state: GatewayState, job: Job) -> Pending:
+    """Load the model if needed, send the request, and wait for the worker to accept it."""
+    settings = state.config
+    status = await state.models.ready(job.model, settings.server.ready_wait, settings.supervisor.load_timeout)
+    pending = await state.link.open(status.identity, **job.fields)
+    try:
+        first = await next_message(state, pending)
+        if not isinstance(first, Started):
+            raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
+    except BaseException:
+        state.link.cancel(pending)
+        raise
+    return pending
+
+
+async def prepare_all(state: GatewayState, jobs: list[Job]) -> list[Pending]:
+    """Every choice accepted, or none: the ones already sent are cancelled on a failure."""
+    if len(jobs) == 1:
+        return [await prepare(state, jobs[0])]
+    results = await asyncio.gather(*(prepare(state, job) for job in jobs), return_exceptions=True)
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is not None:
+        for result in results:
+            if isinstance(result, Pending):
+                state.link.cancel(result)
+        raise failure
+    return list(results)  # type: ignore[arg-type]
+
+
+async def next_message(state: GatewayState, pending: Pending) -> FromWorker:
+    """The next worker message; a terminal Failed or a gateway-side error is raised."""
+    try:
+        async with asyncio.timeout(state.config.server.inter_token_timeout):
+            message = await pending.queue.get()
+    except TimeoutError:
+        raise GenerationTimeout(
+            f"No output from the model for {state.config.server.inter_token_timeout:g}s."
+        ) from None
+    if isinstance(message, ApiError):
+        raise message
+    if isinstance(message, Failed):
+        raise failure_to_error(message.code, message.message)
+    return message
+
+
+async def merged(state: GatewayState, pendings: list[Pending]) -> AsyncIterator[tuple[int, TokenChunk | Finished]]:
+    """Each choice's chunks and its Finished, tagged with the choice's index, as they come.
+
+    Raises the first error of any choice; all choices are cancelled on the way out.
+    """
+    try:
+        if len(pendings) == 1:  # the common case, without a task per choice
+            while True:
+                message = await next_message(state, pendings[0])
+                if isinstance(message, (TokenChunk, Finished)):
+                    yield 0, message
+                    if isinstance(message, Finished):
+                        return
+        async for item in _interleave(state, pendings):
+            yield item
+    finally:
+        for pending in pendings:
+            state.link.cancel(pending)
+
+
+async def _interleave(state: GatewayState, pendings: list[Pending]) -> AsyncIterator[tuple[int, TokenChunk | Finished]]:
+    out: asyncio.Queue[tuple[int, TokenChunk | Finished] | ApiError] = asyncio.Queue()
+
+    async def pump(index: int, pending: Pending) -> None:
+        try:
+            while True:
+                message = await next_message(state, pending)
+                if isinstance(message, (TokenChunk, Finished)):
+                    out.put_nowait((index, message))
+                    if isinstance(message, Finished):
+                        return
+        except ApiError as error:
+            out.put_nowait(error)
+
+    pumps = [asyncio.ensure_future(pump(i, p)) for i, p in enumerate(pendings)]
+    try:
+        remaining = len(pendings)
+        while remaining:
+            item = await out.get()
+            if isinstance(item, ApiError):
+                raise item
+            if isinstance(item[1], Finished):
+                remaining -= 1
+            yield item
+    finally:
+        for task in pumps:
+            task.cancel()
+
+
+async def collect_all(state: GatewayState, pendings: list[Pending]) -> list[Collected]:
+    parts: list[list[str]] = [[] for _ in pendings]
+    logprobs: list[list[TokenLogprobs]] = [[] for _ in pendings]
+    finished: list[Finished | None] = [None] * len(pendings)
+    async with aclosing(merged(state, pendings)) as messages:  # closed (cancelling) even if cancelled
+        async for index, message in messages:
+            if isinstance(message, TokenChunk):
+                parts[index].append(message.text)
+                if message.logprobs:
+                    logprobs[index].extend(message.logprobs)
+            else:
+                finished[index] = message
+    return [
+        Collected("".join(p), f, lp) for p, f, lp in zip(parts, finished, logprobs) if f is not None
+    ]
+
+
+async def unless_disconnected(request: Request, work: Awaitable[Any]) -> Any | None:
+    """``work``'s result, or None (it is cancelled) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def after_load(
+    state: GatewayState,
+    jobs: list[Job],
+    stream: Callable[[list[Pending]], AsyncIterator[bytes]],
+    error_line: Callable[[ApiError], bytes],
+) -> AsyncIterator[bytes]:
+    """For a model that is not loaded yet: SSE comments while it loads, then the stream."""
+    preparing = asyncio.ensure_future(prepare_all(state, jobs))
+    try:
+        while True:
+            done, _ = await asyncio.wait({preparing}, timeout=_LOADING_KEEPALIVE)
+            if done:
+                break
+            yield b": loading model\n\n"
+        pendings = preparing.result()
+    except ApiError as error:
+        yield error_line(error)
+        return
+    finally:
+        if not preparing.done():
+            preparing.cancel()
+    async for line in stream(pendings):
+        yield line

@@ -1,0 +1,190 @@
+"""POST /v1/completions: plain text completions (no chat template), stream and not.
+
+``prompt`` may be a string, a list of strings, a list of token ids or a list of such lists; each
+prompt (times ``n``) is one choice, generated in the same batch. ``echo`` puts the prompt in
+front of the text. ``suffix`` (insertion) is refused: the engine does not fill in the middle.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from contextlib import aclosing
+from typing import Annotated, Any, AsyncIterator
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from opta_lmx.errors import ApiError, InvalidRequest, UnsupportedParameter
+from opta_lmx.gateway.chat import resolve, sampling_params
+from opta_lmx.gateway.completions import error_line
+from opta_lmx.gateway.generation import Collected, Job, after_load, collect_all, merged, prepare_all, sse, unless_disconnected
+from opta_lmx.gateway.link import Pending
+from opta_lmx.gateway.schemas import Bias, Penalty, StreamOptions, validation_error
+from opta_lmx.gateway.state import GatewayState
+from opta_lmx.proto import Finished, TokenChunk
+
+_json = msgspec.json.Encoder()
+MAX_CHOICES = 16
+
+# msgspec takes one list type in a union; the mix of element kinds is checked in ``prompts``.
+Prompt = str | list[str | int | list[int]]
+
+
+class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model: str
+    prompt: Prompt
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
+    echo: bool = False
+    suffix: str | None = None
+    user: str | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Bias] | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+
+_DECODER = msgspec.json.Decoder(CompletionRequest)
+
+
+def decode_completion_request(body: bytes) -> CompletionRequest:
+    try:
+        request = _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if request.suffix:
+        raise UnsupportedParameter("Unsupported parameter: 'suffix' (insertion) is not supported.", param="suffix")
+    if request.logprobs:
+        raise UnsupportedParameter("Unsupported parameter: 'logprobs' on /v1/completions is not supported yet.", param="logprobs")
+    if request.best_of not in (None, 1):
+        raise UnsupportedParameter("Unsupported parameter: 'best_of' is not supported.", param="best_of")
+    return request
+
+
+def prompts(prompt: Prompt) -> list[dict[str, Any]]:
+    """Each prompt as ``Generate`` fields: text, or token ids."""
+    if isinstance(prompt, str):
+        return [{"prompt": prompt}]
+    if not prompt:
+        raise InvalidRequest("'prompt' must not be empty.", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [{"prompt_ids": list(prompt)}]
+    if all(isinstance(p, str) for p in prompt):
+        return [{"prompt": p} for p in prompt]
+    if all(isinstance(p, list) and p for p in prompt):
+        return [{"prompt_ids": list(p)} for p in prompt]  # type: ignore[arg-type]
+    raise InvalidRequest(
+        "'prompt' must be a string, a list of strings, a list of token ids, or a list of such lists.",
+        param="prompt",
+    )
+
+
+async def completions(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    body = decode_completion_request(await request.body())
+    model, preset, running = resolve(state, body.model)
+    each = prompts(body.prompt)
+    if len(each) * body.n > MAX_CHOICES:
+        raise InvalidRequest(f"At most {MAX_CHOICES} choices (prompts x n) per request.", param="n")
+    params = sampling_params(body, preset)
+    jobs = [
+        Job(model.name, {**fields, "echo": body.echo, "params": _nth_seed(params, i)})
+        for fields in each
+        for i in range(body.n)
+    ]
+    shape = TextCompletion(model.name, body.stream_options is not None and body.stream_options.include_usage)
+    if body.stream:
+        if not running:
+            return sse(after_load(state, jobs, lambda p: _stream(state, p, shape), error_line))
+        return sse(_stream(state, await prepare_all(state, jobs), shape))
+    pendings = await prepare_all(state, jobs)
+    collected = await unless_disconnected(request, collect_all(state, pendings))
+    if collected is None:
+        return Response(status_code=499)
+    return JSONResponse(shape.whole(collected))
+
+
+def _nth_seed(params: Any, index: int) -> Any:
+    # n choices from one seeded request must differ from each other, and still be reproducible.
+    if params.seed is None or index == 0:
+        return params
+    return msgspec.structs.replace(params, seed=params.seed + index)
+
+
+async def _stream(state: GatewayState, pendings: list[Pending], shape: TextCompletion) -> AsyncIterator[bytes]:
+    usage = [0, 0]
+    try:
+        async with aclosing(merged(state, pendings)) as messages:
+            async for index, message in messages:
+                if isinstance(message, TokenChunk):
+                    yield shape.line([_choice(index, message.text, None)])
+                elif isinstance(message, Finished):
+                    usage[0] += message.prompt_tokens
+                    usage[1] += message.completion_tokens
+                    yield shape.line([_choice(index, "", _reason(message))])
+        if shape.include_usage:
+            yield shape.line([], _usage(*usage))
+        yield b"data: [DONE]\n\n"
+    except ApiError as error:
+        yield error_line(error)
+
+
+def _reason(finished: Finished) -> str:
+    return "length" if finished.finish_reason == "length" else "stop"
+
+
+def _choice(index: int, text: str, reason: str | None) -> dict[str, Any]:
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class TextCompletion:
+    """The ``text_completion`` objects of one request."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = f"cmpl-{secrets.token_hex(12)}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def _object(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+
+    def line(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        chunk = self._object(choices)
+        if self.include_usage:
+            chunk["usage"] = usage
+        return b"data: " + _json.encode(chunk) + b"\n\n"
+
+    def whole(self, collected: list[Collected]) -> dict[str, Any]:
+        reply = self._object([_choice(i, c.text, _reason(c.finished)) for i, c in enumerate(collected)])
+        # The prompt counts once per distinct prompt in OpenAI's usage; n copies share it.
+        reply["usage"] = _usage(
+            sum(c.finished.prompt_tokens for c in collected), sum(c.finished.completion_tokens for c in collected)
+        )
+        return reply
