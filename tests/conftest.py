@@ -88,6 +88,24 @@ class Server:
             time.sleep(0.1)
         return next(p.pid for p in self.descendants() if "--spare" in p.cmdline())
 
+    def in_flight(self, name: str) -> int:
+        """Requests the model's worker reported in flight (its last heartbeat)."""
+        client = Client(self.home)
+        try:
+            reply = client.call(GetStatus(name))
+        finally:
+            client.close()
+        assert isinstance(reply, StatusReply) and reply.models, reply
+        return reply.models[0].active_requests
+
+    def wait_in_flight(self, name: str, count: int, timeout: float = 10.0) -> float:
+        """Seconds until the worker reports ``count`` requests in flight."""
+        started = time.monotonic()
+        while self.in_flight(name) != count:
+            assert time.monotonic() - started < timeout, f"{name} never had {count} in flight"
+            time.sleep(0.05)
+        return time.monotonic() - started
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 

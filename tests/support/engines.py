@@ -32,9 +32,9 @@ class SlowEngine(MlxEngine):
         return super().step()
 
 
-class SlowPrefillEngine(MlxEngine):
-    """Each request's first step takes ``SLOW_PREFILL_SECONDS``, like a long prompt: the worker is
-    busy while its progress counter has not moved yet."""
+class SlowPrefillEngine(SlowEngine):
+    """Like ``SlowEngine``, and each request's first step takes ``SLOW_PREFILL_SECONDS`` more,
+    like a long prompt: the worker is busy while its progress counter has not moved yet."""
 
     def submit(self, request):  # type: ignore[no-untyped-def]
         self._prefill_pending = True
