@@ -7,6 +7,7 @@ import pytest
 from opta_lmx.config import (
     DEMO_MODEL_NAME,
     Config,
+    EngineOptions,
     MemoryConfig,
     ModelConfig,
     Preset,
@@ -90,9 +91,9 @@ def test_example_config_in_etc_is_valid_and_states_the_defaults() -> None:
 
 def test_example_config_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    for struct in (Config, ServerConfig, SupervisorConfig, MemoryConfig, Preset, ModelConfig):
+    for struct in (Config, ServerConfig, SupervisorConfig, MemoryConfig, Preset, ModelConfig, EngineOptions):
         for field in msgspec.structs.fields(struct):
-            assert re.search(rf"^#? ?(# )?{field.name} = |^\[{field.name}\]|\[{field.name}\.|\[\[{field.name}\]\]", text, re.M), field.name
+            assert re.search(rf"^#? ?(# )?{field.name} = |^\[{field.name}\]|\[{field.name}\.|\[\[{field.name}\]\]|\.{field.name}\]", text, re.M), field.name
 
 
 def test_the_uncommented_example_model_and_preset_are_valid() -> None:
@@ -101,6 +102,7 @@ def test_the_uncommented_example_model_and_preset_are_valid() -> None:
     body = "\n".join(re.sub(r"^# ?", "", line) for line in lines[start:] if line.startswith("# ") and "=" in line or line.startswith("# [") )
     config = parse_config(body)
     assert config.models[0].aliases == ["gpt-4o-mini"] and config.models[0].preset == "precise"
+    assert config.models[0].options == EngineOptions()
     assert config.model("gpt-4o-mini") is config.models[0]
 
 
@@ -109,5 +111,7 @@ def test_presets_and_aliases_are_checked() -> None:
         parse_config("[[models]]\nname='a'\npath='p'\npreset='nope'")
     with pytest.raises(ConfigError, match="listed twice"):
         parse_config("[[models]]\nname='a'\npath='p'\n[[models]]\nname='b'\npath='q'\naliases=['a']")
+    with pytest.raises(ConfigError, match="options must be positive"):
+        parse_config("[[models]]\nname='a'\npath='p'\n[models.options]\nbatch_size=0")
     with pytest.raises(ConfigError, match="engine 'torch'"):
         parse_config("[[models]]\nname='a'\npath='p'\nengine='torch'")

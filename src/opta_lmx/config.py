@@ -72,6 +72,19 @@ class Preset(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stop: list[str] | None = None
 
 
+class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Performance options of the MLX engine (continuous batching)."""
+
+    # Requests decoded together; more wait their turn.
+    batch_size: int = 32
+    # Prompts prefilled together, and prompt tokens per prefill step (bounds how long one step's
+    # prefill delays the tokens of the requests already decoding).
+    prefill_batch_size: int = 8
+    prefill_step_size: int = 2048
+    # A rotating KV cache of at most this many tokens per request (0 = the whole context).
+    max_kv_size: int = 0
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
@@ -87,6 +100,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pinned: bool = False
     # Load when the server starts; otherwise on the first request for it.
     load_on_start: bool = True
+    options: EngineOptions = EngineOptions()
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -141,6 +155,9 @@ def _check(config: Config, source: str) -> None:
                 f"{source}: model {model.name!r}: engine {model.engine!r} is not available "
                 f"(use one of {', '.join(ENGINES)}, or \"package.module:Class\")"
             )
+        options = model.options
+        if min(options.batch_size, options.prefill_batch_size, options.prefill_step_size) < 1 or options.max_kv_size < 0:
+            raise ConfigError(f"{source}: model {model.name!r}: options must be positive (max_kv_size >= 0)")
         if model.preset is not None and model.preset not in config.presets:
             raise ConfigError(f"{source}: model {model.name!r}: no [presets.{model.preset}] table")
         for name in (model.name, *model.aliases):

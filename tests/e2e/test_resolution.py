@@ -47,3 +47,21 @@ def test_gguf_model_fails_to_load_with_a_clear_reason(make_server, tmp_path: Pat
     assert "GGUF models (llama-cpp-python) are not supported" in server.log() + (
         server.home / "logs" / "g.log"
     ).read_text()
+
+
+def test_engine_options_reach_the_engine(make_server, tiny_model: Path) -> None:
+    # One request decoded at a time: four concurrent requests still all complete, in turn.
+    config = f'[[models]]\nname = "one"\npath = "{tiny_model}"\n[models.options]\nbatch_size = 1\nprefill_batch_size = 1\n'
+    server: Server = make_server(config)
+    server.wait_models()
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: client.chat.completions.create(
+                model="one", messages=[{"role": "user", "content": "hi"}], max_tokens=4), range(4)))
+        assert [r.usage.completion_tokens for r in replies] == [4] * 4
+    finally:
+        client.close()
+    assert '"batch_size":1' in " ".join(p.cmdline()[-1] for p in server.descendants() if "opta_lmx.worker" in p.cmdline())

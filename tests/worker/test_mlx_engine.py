@@ -22,6 +22,7 @@ from opta_lmx.proto import (
     Started,
     TokenChunk,
 )
+from opta_lmx.config import EngineOptions
 from opta_lmx.worker.engines.mlx import MlxEngine
 
 # Greedy outputs of the tiny demo model (seed 0) run past 64 tokens for these prompts, and "ok"
@@ -158,7 +159,7 @@ def test_request_joins_mid_generation_without_stalling_the_others(engine, refere
 
 def test_cancel_mid_generation_frees_the_slot_and_the_others_continue(tiny_model: Path, reference) -> None:
     # Two slots: the third request can only decode once a slot is free.
-    engine = MlxEngine("tiny", str(tiny_model), completion_batch_size=2, prefill_batch_size=1)
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(batch_size=2, prefill_batch_size=1))
     transcript = Transcript()
     transcript.add(engine.submit(generate(0, PROMPTS[0], max_tokens=64)))
     transcript.add(engine.submit(generate(1, PROMPTS[1], max_tokens=64)))
@@ -242,7 +243,7 @@ def test_sampling_requests_share_the_batch_with_greedy_ones(engine, reference) -
 
 
 def test_more_requests_than_the_batch_wait_their_turn(tiny_model: Path, reference) -> None:
-    engine = MlxEngine("tiny", str(tiny_model), completion_batch_size=3, prefill_batch_size=2)
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(batch_size=3, prefill_batch_size=2))
     transcript = Transcript()
     for rid, content in enumerate(PROMPTS):
         transcript.add(engine.submit(generate(rid, content, max_tokens=24)))

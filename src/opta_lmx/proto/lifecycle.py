@@ -81,6 +81,8 @@ class Load(msgspec.Struct, tag="load", frozen=True):
     generation: int
     heartbeat_interval: float
     log_path: str
+    # The model's [models.options] as JSON (the worker decodes them with the config's types).
+    options: bytes = b"{}"
 
 
 WorkerCommand = Shutdown | Trim | Load

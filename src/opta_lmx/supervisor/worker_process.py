@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import msgspec
 import psutil
 
 from opta_lmx.config import ModelConfig, SupervisorConfig
@@ -298,6 +299,7 @@ class WorkerProcess:
             generation=self.generation,
             heartbeat_interval=self._settings.heartbeat_interval,
             log_path=str(self.log_path),
+            options=msgspec.json.encode(self.model.options),
         )
 
     def _argv(self) -> list[str]:
@@ -321,6 +323,8 @@ class WorkerProcess:
             str(self._death.read_fd),
             "--heartbeat-interval",
             str(self._settings.heartbeat_interval),
+            "--options",
+            msgspec.json.encode(self.model.options).decode(),
         ]
 
     def _set(self, state: State, description: str) -> None:

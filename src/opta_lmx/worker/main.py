@@ -19,6 +19,7 @@ from typing import Callable
 import msgspec
 import zmq
 
+from opta_lmx.config import EngineOptions
 from opta_lmx.proto import PROTO_VERSION, LoadFailed, Ready
 from opta_lmx.runtime import exit_on_parent_death
 from opta_lmx.worker.engines.base import Engine
@@ -35,8 +36,8 @@ def resolve_engine(spec: str, path: str) -> str:
     return "gguf" if is_gguf else "mlx"
 
 
-def load_engine_class(spec: str) -> Callable[[str, str], Engine]:
-    """``mlx`` or a plug-in ``package.module:Class`` constructed as ``Class(model_name, path)``."""
+def load_engine_class(spec: str) -> Callable[[str, str, EngineOptions], Engine]:
+    """``mlx`` or a plug-in ``package.module:Class`` built as ``Class(model_name, path, options)``."""
     if spec == "mlx":
         from opta_lmx.worker.engines.mlx import MlxEngine
 
@@ -58,6 +59,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--control", required=True, help="supervisor worker ROUTER address")
     parser.add_argument("--death-fd", type=int, default=-1)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
+    parser.add_argument("--options", default="{}", help="the model's engine options (JSON)")
     args = parser.parse_args(argv)
     if args.spare is None and (args.model is None or args.path is None):
         parser.error("--model and --path are required (unless --spare)")
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         load, began = wait_for_load(context, args.control, args.spare)
         args.model, args.path, args.engine = load.model, load.path, load.engine
         args.generation, args.heartbeat_interval = load.generation, load.heartbeat_interval
+        args.options = load.options.decode()
     return serve(context, args, began)
 
 
@@ -94,7 +97,8 @@ def serve(context: zmq.Context, args: argparse.Namespace, began: float) -> int:
     try:
         engine_class = load_engine_class(resolve_engine(args.engine, args.path))
         imported = time.perf_counter()
-        engine = engine_class(args.model, args.path)
+        options = msgspec.json.decode(args.options, type=EngineOptions)
+        engine = engine_class(args.model, args.path, options)
     except Exception as exc:
         message = f"cannot load {args.path!r}: {type(exc).__name__}: {exc}"
         print(f"worker {args.model}: {message}", file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.generate import BatchGenerator, GenerationBatch
 
+from opta_lmx.config import EngineOptions
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
 from opta_lmx.worker.stops import StopMatcher
@@ -42,26 +43,18 @@ class _Request:
 class MlxEngine:
     """An mlx-lm model behind the ``Engine`` contract, decoding all requests as one batch.
 
-    ``completion_batch_size`` caps the requests decoded together (more wait their turn, in order,
+    ``options.batch_size`` caps the requests decoded together (more wait their turn, in order,
     already ``Started``); ``prefill_batch_size`` caps the prompts prefilled in one step, and
     ``prefill_step_size`` the tokens of each prompt per step, which bounds how much one step's
     prefill can delay the tokens of the others.
     """
 
-    def __init__(
-        self,
-        model_name: str,
-        path: str,
-        *,
-        completion_batch_size: int = 32,
-        prefill_batch_size: int = 8,
-        prefill_step_size: int = 2048,
-    ) -> None:
+    def __init__(self, model_name: str, path: str, options: EngineOptions = EngineOptions()) -> None:
         self.model_name = model_name
         self._model, self._tokenizer, config = load(path, return_config=True)
         self.ctx_len = int(config.get("max_position_embeddings") or _DEFAULT_CTX_LEN)
         self._eos = frozenset(self._tokenizer.eos_token_ids)
-        self._batch_sizes = (completion_batch_size, prefill_batch_size, prefill_step_size)
+        self._options = options
         self._batch = self._new_batch()
         self._requests: dict[int, _Request] = {}
         self._by_uid: dict[int, _Request] = {}
@@ -69,13 +62,14 @@ class MlxEngine:
         self._logprobs = LogprobReader(self._tokenizer)
 
     def _new_batch(self) -> BatchGenerator:
-        completion, prefill, step = self._batch_sizes
+        options = self._options
         return BatchGenerator(
             self._model,
             stop_tokens=[[t] for t in self._eos],
-            completion_batch_size=completion,
-            prefill_batch_size=prefill,
-            prefill_step_size=step,
+            completion_batch_size=options.batch_size,
+            prefill_batch_size=options.prefill_batch_size,
+            prefill_step_size=options.prefill_step_size,
+            max_kv_size=options.max_kv_size or None,
         )
 
     @property
