@@ -21,12 +21,15 @@ Size = Literal["tiny", "small"]
 _INIT_STD = 0.3
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+THINKING_TOKENS = ["<think>", "</think>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Reasoning models' templates open the thinking block in the generation prompt.
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n<think>\n'")
 
 
 class Shape(msgspec.Struct, frozen=True):
@@ -47,11 +50,14 @@ SHAPES: dict[str, Shape] = {
 }
 
 
-def build_demo_model(path: Path, size: Size = "tiny", seed: int = 0) -> Path:
-    """Write the model into ``path`` (created if missing); returns ``path``. Deterministic per seed."""
+def build_demo_model(path: Path, size: Size = "tiny", seed: int = 0, thinking: bool = False) -> Path:
+    """Write the model into ``path`` (created if missing); returns ``path``. Deterministic per seed.
+
+    ``thinking`` adds ``<think>``/``</think>`` tokens and a template that opens the thinking block,
+    the way reasoning models do."""
     shape = SHAPES[size]
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(shape.vocab_size, size)
+    tokenizer = _train_tokenizer(shape.vocab_size, size, SPECIAL_TOKENS + (THINKING_TOKENS if thinking else []))
     tokenizer.save(str(path / "tokenizer.json"))
     eos_id = tokenizer.token_to_id("<|im_end|>")
     config = {
@@ -74,7 +80,7 @@ def build_demo_model(path: Path, size: Size = "tiny", seed: int = 0) -> Path:
             "pad_token": "<|endoftext|>",
             "unk_token": None,
             "model_max_length": shape.max_position_embeddings,
-            "chat_template": CHAT_TEMPLATE,
+            "chat_template": THINKING_TEMPLATE if thinking else CHAT_TEMPLATE,
         },
     )
     _write_weights(path / "model.safetensors", config, seed)
@@ -95,7 +101,7 @@ def _corpus(size: Size) -> Iterator[str]:
         yield from source.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-def _train_tokenizer(vocab_size: int, size: Size):  # -> tokenizers.Tokenizer
+def _train_tokenizer(vocab_size: int, size: Size, special_tokens: list[str]):  # -> tokenizers.Tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -103,7 +109,7 @@ def _train_tokenizer(vocab_size: int, size: Size):  # -> tokenizers.Tokenizer
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

@@ -83,12 +83,14 @@ class TokenLogprobs(msgspec.Struct, array_like=True, frozen=True):
 
 class TokenChunk(msgspec.Struct, tag="t", array_like=True, frozen=True):
     """One or more tokens' worth of text (several when the engine is ahead of the socket).
-    ``logprobs`` has one entry per token when the request asked for them."""
+    ``logprobs`` has one entry per token when the request asked for them; ``reasoning`` is text
+    the model wrote inside its thinking markers (``text`` is the answer itself)."""
 
     request_id: int
     text: str
     n_tokens: int
     logprobs: list[TokenLogprobs] | None = None
+    reasoning: str = ""
 
 
 class Finished(msgspec.Struct, tag="f", array_like=True, frozen=True):

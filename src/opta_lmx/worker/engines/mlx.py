@@ -23,6 +23,7 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch
 from opta_lmx.config import EngineOptions
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
+from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
 
 _DEFAULT_CTX_LEN = 4096
@@ -37,6 +38,7 @@ class _Request:
     detokenizer: Any
     stops: StopMatcher
     top_logprobs: int | None  # None: no logprobs asked for
+    reasoning: ReasoningSplitter | None  # None: the model has no thinking markers
     generated: int = 0
 
 
@@ -60,6 +62,8 @@ class MlxEngine:
         self._by_uid: dict[int, _Request] = {}
         self._progress = 0
         self._logprobs = LogprobReader(self._tokenizer)
+        tokenizer = self._tokenizer
+        self._think = (tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None
 
     def _new_batch(self) -> BatchGenerator:
         options = self._options
@@ -127,6 +131,7 @@ class MlxEngine:
             detokenizer=self._tokenizer.detokenizer,
             stops=StopMatcher(params.stop),
             top_logprobs=params.top_logprobs if params.logprobs else None,
+            reasoning=self._reasoning_splitter(prompt),
         )
         self._requests[rid] = entry
         self._by_uid[uid] = entry
@@ -135,6 +140,13 @@ class MlxEngine:
         if request.echo:
             out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
         return out
+
+    def _reasoning_splitter(self, prompt: list[int]) -> ReasoningSplitter | None:
+        if self._think is None:
+            return None
+        start, end = self._think
+        tail = self._tokenizer.decode(prompt[-16:])  # enough to see whether the prompt opened it
+        return ReasoningSplitter(start, end, starts_inside(tail, start, end))
 
     def step(self) -> list[FromWorker]:
         out: list[FromWorker] = []
@@ -176,12 +188,13 @@ class MlxEngine:
         if token in self._eos:
             return "stop"
         request.detokenizer.add_token(token)
-        text = request.stops.feed(request.detokenizer.last_segment)
+        reasoning, text = self._split(request, request.detokenizer.last_segment)
+        text = request.stops.feed(text)
         if request.top_logprobs is not None:
             entry = self._logprobs.entry(token, response.logprobs, request.top_logprobs)
-            out.append(TokenChunk(request.request_id, text, 1, [entry]))
-        elif text:
-            out.append(TokenChunk(request.request_id, text, 1))
+            out.append(TokenChunk(request.request_id, text, 1, [entry], reasoning))
+        elif text or reasoning:
+            out.append(TokenChunk(request.request_id, text, 1, None, reasoning))
         if request.stops.stopped:
             return "stop"
         if request.generated >= request.max_tokens:
@@ -194,14 +207,26 @@ class MlxEngine:
         # hold the tail of a multi-byte character, and the matcher a possible stop prefix.
         if not request.stops.stopped:
             request.detokenizer.finalize()
-            tail = request.stops.feed(request.detokenizer.last_segment)
+            reasoning, tail = self._split(request, request.detokenizer.last_segment, final=True)
+            tail = request.stops.feed(tail)
             if request.stops.stopped:
                 reason = "stop"
             else:
                 tail += request.stops.flush()
-            if tail:
-                out.append(TokenChunk(request.request_id, tail, 0))
+            if tail or reasoning:
+                out.append(TokenChunk(request.request_id, tail, 0, None, reasoning))
         out.append(Finished(request.request_id, reason, request.prompt_tokens, request.generated))
+
+    @staticmethod
+    def _split(request: _Request, text: str, final: bool = False) -> tuple[str, str]:
+        """(reasoning, answer) of a piece of text."""
+        if request.reasoning is None:
+            return "", text
+        reasoning, answer = request.reasoning.feed(text)
+        if final:
+            more_reasoning, more_answer = request.reasoning.flush()
+            reasoning, answer = reasoning + more_reasoning, answer + more_answer
+        return reasoning, answer
 
     def _forget(self, request: _Request) -> None:
         self._requests.pop(request.request_id, None)
