@@ -272,8 +272,13 @@ def test_silent_worker_is_killed_after_missed_heartbeats(make_server, tiny_model
     while "no heartbeat for" not in server.log():
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
-    server.wait_models()
-    assert server.worker_pid("m") != frozen
+    # The kill and the restart follow the log line: wait for a RUNNING worker with a new pid.
+    while True:
+        server.wait_models()
+        if server.worker_pid("m") != frozen:
+            break
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
 
 
 def test_memory_over_the_hard_limit_evicts_the_lru_idle_worker(make_server, tiny_model: Path) -> None:
