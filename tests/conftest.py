@@ -88,6 +88,17 @@ class Server:
             time.sleep(0.1)
         return next(p.pid for p in self.descendants() if "--spare" in p.cmdline())
 
+    def wait_new_worker(self, name: str, old_pid: int, timeout: float = 30.0) -> int:
+        """The pid of a RUNNING worker for ``name`` other than ``old_pid`` (after a kill)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.wait_models(timeout=timeout)
+            pid = self.worker_pid(name)
+            if pid != old_pid:
+                return pid
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+
     def in_flight(self, name: str) -> int:
         """Requests the model's worker reported in flight (its last heartbeat)."""
         client = Client(self.home)

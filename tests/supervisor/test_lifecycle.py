@@ -47,9 +47,7 @@ def test_worker_kill_9_mid_stream_errors_the_stream_and_recovers(make_server, ti
     assert received >= 5
     assert "worker_crashed" in str(info.value.body) or "stopped while generating" in str(info.value)
 
-    health = server.wait_models()
-    assert health["models"] == {"tiny": "RUNNING"}
-    assert server.worker_pid("tiny") != worker_pid
+    server.wait_new_worker("tiny", worker_pid)
     reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4)
     assert reply.usage.completion_tokens == 4
     assert server.gateway_pid() == gateway_pid

@@ -229,9 +229,7 @@ def test_lmxctl_commands_and_exit_codes(make_server, tiny_model: Path) -> None:
     pid_before = int(re.search(r"pid (\d+)", ctl(server, "status", "m").stdout).group(1))
     killed = ctl(server, "kill", "m", "KILL")
     assert (killed.returncode, killed.stdout.strip()) == (0, "m: signalled")
-    server.wait_models()
-    pid_after = int(re.search(r"pid (\d+)", ctl(server, "status", "m").stdout).group(1))
-    assert pid_after != pid_before
+    server.wait_new_worker("m", pid_before)
     assert "sent SIGKILL by operator" in server.log() or "BACKOFF" in server.log()
 
     tail = ctl(server, "tail", "m")
@@ -272,13 +270,7 @@ def test_silent_worker_is_killed_after_missed_heartbeats(make_server, tiny_model
     while "no heartbeat for" not in server.log():
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
-    # The kill and the restart follow the log line: wait for a RUNNING worker with a new pid.
-    while True:
-        server.wait_models()
-        if server.worker_pid("m") != frozen:
-            break
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.1)
+    server.wait_new_worker("m", frozen)  # the kill and the restart follow the log line
 
 
 def test_memory_over_the_hard_limit_evicts_the_lru_idle_worker(make_server, tiny_model: Path) -> None:
