@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import struct
+import sys
 import threading
 
 import msgspec
@@ -11,12 +15,33 @@ import zmq
 from opta_lmx.proto import Heartbeat, MemoryReading, Shutdown, Trim, WorkerCommand
 from opta_lmx.worker.engines.base import Engine
 
+_RUSAGE_INFO_V2 = 2
+
 
 def process_memory(engine: Engine | None = None) -> MemoryReading:
-    """The engine's allocator figures plus this process's RSS, USS and (Linux) PSS."""
+    """The engine's allocator figures plus this process's RSS, USS and (Linux) PSS.
+
+    On macOS, USS is replaced by the physical footprint: what Activity Monitor and the kernel's
+    memory pressure count, Metal buffers included (RSS and USS miss them there)."""
     info = psutil.Process().memory_full_info()
     base = engine.memory() if engine is not None else MemoryReading()
-    return msgspec.structs.replace(base, rss=info.rss, uss=getattr(info, "uss", 0), pss=getattr(info, "pss", 0))
+    uss = _phys_footprint() if sys.platform == "darwin" else 0
+    return msgspec.structs.replace(
+        base, rss=info.rss, uss=uss or getattr(info, "uss", 0), pss=getattr(info, "pss", 0)
+    )
+
+
+def _phys_footprint() -> int:
+    """``ri_phys_footprint`` from ``proc_pid_rusage`` (macOS; 0 if unavailable)."""
+    try:
+        libc = ctypes.CDLL("/usr/lib/libSystem.dylib")
+        buffer = ctypes.create_string_buffer(512)  # larger than any rusage_info version
+        if libc.proc_pid_rusage(os.getpid(), _RUSAGE_INFO_V2, buffer) != 0:
+            return 0
+        # rusage_info_v2: a 16-byte uuid, then uint64s; ri_phys_footprint is the eighth.
+        return struct.unpack_from("<Q", buffer, 16 + 7 * 8)[0]
+    except (OSError, AttributeError):
+        return 0
 
 
 class Heartbeats(threading.Thread):
