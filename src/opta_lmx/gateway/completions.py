@@ -1,6 +1,8 @@
 """Shapes of OpenAI chat completion responses, built from worker messages.
 
-Kept apart from the routing so the per-token path (``chunk_line``) stays visible and cheap.
+Kept apart from the routing so the per-token path (``chunk_line``) stays visible and cheap: a
+stream's content chunk is encoded once, around a placeholder, and each token's line is that
+template's two halves around the JSON-encoded text.
 """
 
 from __future__ import annotations
@@ -17,6 +19,26 @@ from opta_lmx.proto import Finished
 _json = msgspec.json.Encoder()
 
 DONE_LINE = b"data: [DONE]\n\n"
+
+# Marks where the text goes in a content chunk's template; NULs never occur in a model name.
+_PLACEHOLDER = "\x00opta-lmx-text\x00"
+# JSON allows these raw in a string, but line-splitting clients (``str.splitlines``, which httpx's
+# ``aiter_lines`` follows) break an SSE line at them: send them escaped. UTF-8 never has these
+# byte sequences inside another character, so replacing the bytes is exact.
+_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
+def _json_line_safe(value: Any) -> bytes:
+    """``value`` as JSON with no character that a line-splitting client reads as a line break."""
+    data = _json.encode(value)
+    if b"\xc2\x85" in data or b"\xe2\x80" in data:
+        for raw, escaped in _LINE_BREAKS:
+            data = data.replace(raw, escaped)
+    return data
+
+
+def _event(value: Any) -> bytes:
+    return b"data: " + _json_line_safe(value) + b"\n\n"
 
 
 def usage(finished: Finished) -> dict[str, int]:
@@ -40,6 +62,9 @@ class ChatStream:
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        template = self._line([_choice({"content": _PLACEHOLDER}, None)])
+        self._head, placeholder, self._tail = template.partition(_json_line_safe(_PLACEHOLDER))
+        assert placeholder, "the content chunk template lost its placeholder"
 
     def _line(self, choices: list[dict[str, Any]], usage_value: dict[str, int] | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -52,13 +77,14 @@ class ChatStream:
         }
         if self.include_usage:
             chunk["usage"] = usage_value
-        return b"data: " + _json.encode(chunk) + b"\n\n"
+        return _event(chunk)
 
     def role_line(self) -> bytes:
         return self._line([_choice({"role": "assistant", "content": ""}, None)])
 
     def chunk_line(self, text: str) -> bytes:
-        return self._line([_choice({"content": text}, None)])
+        """The same bytes as ``_line([_choice({"content": text}, None)])``, built per token."""
+        return self._head + _json_line_safe(text) + self._tail
 
     def finish_lines(self, finished: Finished) -> bytes:
         lines = self._line([_choice({}, finish_reason(finished))])
@@ -73,7 +99,7 @@ def _choice(delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
 
 def error_line(error: ApiError) -> bytes:
     """A terminal error event inside an already started stream (the SDKs raise on it)."""
-    return b"data: " + _json.encode(error.body()) + b"\n\n"
+    return _event(error.body())
 
 
 def chat_completion(model: str, text: str, finished: Finished) -> dict[str, Any]:

@@ -1,8 +1,15 @@
-"""The data path to the workers: one ROUTER, one reader task, one queue per request.
+"""The data path to the workers: one ROUTER read by the event loop, one mailbox per request.
 
-The reader task never stops while the gateway lives (cancelling a pending recv can lose a
-message, pyzmq #1925). Replies for unknown request ids are dropped: a late reply to a cancelled
-request is normal, not an error.
+The ROUTER is a plain (not asyncio) socket whose file descriptor the event loop watches: each
+wake-up drains every message waiting, so a burst of tokens costs one wake-up and no future per
+message. (There is no pending recv to cancel either, which can lose a message, pyzmq #1925.) A
+worker sends what one engine step produced as one multipart message, one worker message a frame.
+
+Tokens that pile up for a request while its consumer is busy are merged into one ``TokenChunk``
+when it next reads (``Mailbox.get``): a client that falls behind gets fewer, larger events
+instead of falling further behind. The text is the same, only cut in fewer pieces.
+
+Replies for unknown request ids are dropped: a late reply to a cancelled request is normal.
 """
 
 from __future__ import annotations
@@ -10,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from opta_lmx.errors import ApiError, WorkerUnavailable
-from opta_lmx.proto import Cancel, Failed, Finished, FromWorker, Generate, ToWorker
+from opta_lmx.proto import Cancel, Failed, Finished, FromWorker, Generate, TokenChunk, ToWorker
 
 log = logging.getLogger("opta_lmx.gateway")
 
@@ -24,6 +32,78 @@ log = logging.getLogger("opta_lmx.gateway")
 # restart): retry the first send briefly before calling it unavailable.
 _CONNECT_WAIT = 2.0
 _CONNECT_RETRY = 0.02
+# Messages handled per wake-up before the other tasks get a turn (the rest follow at once).
+_DRAIN_BATCH = 256
+
+
+class Mailbox:
+    """What the worker sent for one request, or the error that ended it, read by one consumer.
+
+    Keeps ``asyncio.Queue``'s method names. ``get`` hands out the token chunks waiting in a row
+    as one (``merge_chunks``); any other message comes out as it went in, in order.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[FromWorker | ApiError] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: FromWorker | ApiError) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> FromWorker | ApiError:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:  # cancelled (a timeout): forget it
+                    self._waiter = None
+        return self.get_nowait()
+
+    def get_nowait(self) -> FromWorker | ApiError:
+        """Like ``get`` when something is waiting; raises ``asyncio.QueueEmpty`` otherwise."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.popleft()
+        if type(item) is TokenChunk and self._items and type(self._items[0]) is TokenChunk:
+            return merge_chunks(item, self._items)
+        return item
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> TokenChunk:
+    """``first`` and the token chunks right after it in ``items`` (taken out) as one chunk.
+
+    Texts, reasoning texts and logprobs are concatenated, token counts added. A chunk with
+    reasoning is left for the next read when answer text came before it: one chunk's reasoning
+    is read as coming before its text, and that order must hold.
+    """
+    texts, reasoning = [first.text], [first.reasoning]
+    n_tokens = first.n_tokens
+    logprobs = None if first.logprobs is None else list(first.logprobs)
+    answered = bool(first.text)
+    while items and type(items[0]) is TokenChunk:
+        chunk: TokenChunk = items[0]  # type: ignore[assignment]
+        if answered and chunk.reasoning:
+            break
+        items.popleft()
+        texts.append(chunk.text)
+        reasoning.append(chunk.reasoning)
+        n_tokens += chunk.n_tokens
+        answered = answered or bool(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs = (logprobs or []) + chunk.logprobs
+    return TokenChunk(first.request_id, "".join(texts), n_tokens, logprobs, "".join(reasoning))
 
 
 class Pending:
@@ -34,12 +114,13 @@ class Pending:
     def __init__(self, request_id: int, identity: bytes) -> None:
         self.request_id = request_id
         self.identity = identity
-        self.queue: asyncio.Queue[FromWorker | ApiError] = asyncio.Queue()
+        self.queue = Mailbox()
 
 
 class WorkerLink:
     def __init__(self, context: zmq.asyncio.Context, address: str) -> None:
-        self._router = context.socket(zmq.ROUTER)
+        # A plain socket on the asyncio context: the event loop watches its FD (``start``).
+        self._router = zmq.Socket(context, zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.SNDHWM, 0)
@@ -49,14 +130,16 @@ class WorkerLink:
         self._decoder = msgspec.msgpack.Decoder(FromWorker)
         self._pending: dict[int, Pending] = {}
         self._ids = itertools.count(1)
-        self._reader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._reader = asyncio.create_task(self._read(), name="worker-link-reader")
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._router.FD, self._drain)
+        self._loop.call_soon(self._drain)  # anything that came before the reader was added
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._router.FD)
         self._router.close(linger=0)
 
     @property
@@ -81,7 +164,7 @@ class WorkerLink:
         deadline = loop.time() + _CONNECT_WAIT
         while True:
             try:
-                await self._router.send_multipart([identity, payload])
+                self._send([identity, payload])
                 return
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH or loop.time() > deadline:
@@ -90,15 +173,21 @@ class WorkerLink:
                     ) from None
             await asyncio.sleep(_CONNECT_RETRY)
 
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK)
+        finally:
+            # A send may take the socket's edge-triggered readable signal along with its own
+            # commands: look for input again rather than wait for a signal that will not come.
+            if self._loop is not None:
+                self._loop.call_soon(self._drain)
+
     def cancel(self, pending: Pending) -> None:
         """Forget the request and tell its worker to stop (idempotent on both sides)."""
         if self._pending.pop(pending.request_id, None) is None:
             return
         try:
-            self._router.send_multipart(
-                [pending.identity, self._encoder.encode(Cancel(pending.request_id))],
-                flags=zmq.NOBLOCK,
-            )
+            self._send([pending.identity, self._encoder.encode(Cancel(pending.request_id))])
         except zmq.ZMQError:
             pass  # the worker is gone: nothing left to cancel
 
@@ -117,17 +206,30 @@ class WorkerLink:
             pending.queue.put_nowait(error)
         self._pending.clear()
 
-    async def _read(self) -> None:
-        while True:
-            identity, payload = await self._router.recv_multipart()
+    def _drain(self) -> None:
+        """Hand every waiting message to its request (called when the socket is readable)."""
+        if self._router.closed:
+            return
+        for _ in range(_DRAIN_BATCH):
             try:
-                message = self._decoder.decode(payload)
-            except msgspec.DecodeError as exc:
-                log.warning("undecodable message from %r: %s", identity, exc)
-                continue
-            pending = self._pending.get(message.request_id)
-            if pending is None or pending.identity != identity:
-                continue
-            if isinstance(message, (Finished, Failed)):
-                del self._pending[message.request_id]
-            pending.queue.put_nowait(message)
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity = frames[0]
+            for payload in frames[1:]:
+                self._deliver(identity, payload)
+        assert self._loop is not None
+        self._loop.call_soon(self._drain)  # more may be waiting; no new signal will say so
+
+    def _deliver(self, identity: bytes, payload: bytes) -> None:
+        try:
+            message = self._decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            log.warning("undecodable message from %r: %s", identity, exc)
+            return
+        pending = self._pending.get(message.request_id)
+        if pending is None or pending.identity != identity:
+            return
+        if isinstance(message, (Finished, Failed)):
+            del self._pending[message.request_id]
+        pending.queue.put_nowait(message)
