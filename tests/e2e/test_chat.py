@@ -124,3 +124,19 @@ def test_seed_penalties_and_extensions_through_the_sdk(client: openai.OpenAI) ->
         model="tiny", messages=MESSAGES, max_tokens=3, temperature=0, logit_bias={"300": 100}
     )
     assert biased.usage.completion_tokens == 3
+
+
+def test_logprobs_in_the_openai_shape(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 5
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 and t.bytes for t in content)
+    _, chunks = stream_text(client, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(model="tiny", messages=MESSAGES, top_logprobs=2)

@@ -54,7 +54,7 @@ def test_text_parts_are_joined_and_neutral_values_accepted() -> None:
         (body(n=2), UnsupportedParameter, "n"),
         (body(response_format={"type": "json_object"}), UnsupportedParameter, "response_format"),
         (body(tools=[{"type": "function"}]), UnsupportedParameter, "tools"),
-        (body(logprobs=True), UnsupportedParameter, "logprobs"),
+        (body(top_logprobs=2), InvalidRequest, "top_logprobs"),
         (body(seed="three"), InvalidRequest, "seed"),
         (body(presence_penalty=3), InvalidRequest, "presence_penalty"),
         (body(logit_bias={"12": 101}), InvalidRequest, "logit_bias[...]"),

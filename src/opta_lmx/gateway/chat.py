@@ -58,7 +58,8 @@ async def chat_completions(request: Request) -> Response:
     if collected is None:
         return Response(status_code=499)
     (choice,) = collected
-    return JSONResponse(chat_completion(model.name, choice.text, choice.finished))
+    logprobs = choice.logprobs if body.logprobs else None
+    return JSONResponse(chat_completion(model.name, choice.text, choice.finished, choice.reasoning, logprobs))
 
 
 def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
@@ -89,6 +90,8 @@ def sampling_params(body: Any, preset: Preset) -> SamplingParams:
         frequency_penalty=body.frequency_penalty or 0.0,
         repetition_penalty=body.repetition_penalty or 1.0,
         logit_bias=logit_bias_ids(body.logit_bias or {}),
+        logprobs=body.logprobs is True,  # chat's flag (completions' integer form is refused)
+        top_logprobs=getattr(body, "top_logprobs", None) or 0,
     )
 
 
@@ -98,7 +101,10 @@ async def _stream(state: GatewayState, pendings: list[Pending], stream: ChatStre
         async with aclosing(merged(state, pendings)) as messages:
             async for _, message in messages:
                 if isinstance(message, TokenChunk):
-                    yield stream.chunk_line(message.text)
+                    if message.reasoning or message.logprobs is not None:
+                        yield stream.delta_line(message)
+                    else:
+                        yield stream.chunk_line(message.text)
                 elif isinstance(message, Finished):
                     yield stream.finish_lines(message)
     except ApiError as error:

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from opta_lmx.errors import ApiError
-from opta_lmx.proto import Finished
+from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs
 
 _json = msgspec.json.Encoder()
 
@@ -86,6 +86,15 @@ class ChatStream:
         """The same bytes as ``_line([_choice({"content": text}, None)])``, built per token."""
         return self._head + _json_line_safe(text) + self._tail
 
+    def delta_line(self, chunk: TokenChunk) -> bytes:
+        """A chunk that carries reasoning or logprobs: the general path, built from a dict."""
+        delta: dict[str, Any] = {}
+        if chunk.reasoning:
+            delta["reasoning_content"] = chunk.reasoning
+        if chunk.text or not chunk.reasoning:
+            delta["content"] = chunk.text
+        return self._line([_choice(delta, None, logprobs_json(chunk.logprobs))])
+
     def finish_lines(self, finished: Finished) -> bytes:
         lines = self._line([_choice({}, finish_reason(finished))])
         if self.include_usage:
@@ -93,8 +102,25 @@ class ChatStream:
         return lines + DONE_LINE
 
 
-def _choice(delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+def _choice(delta: dict[str, Any], reason: str | None, logprobs: Any = None) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+
+
+def logprobs_json(entries: list[TokenLogprobs] | None) -> dict[str, Any] | None:
+    """OpenAI's ``logprobs`` object of a choice (or of one chunk's tokens)."""
+    if entries is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": e.bytes,
+                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top],
+            }
+            for e in entries
+        ]
+    }
 
 
 def error_line(error: ApiError) -> bytes:
@@ -102,7 +128,12 @@ def error_line(error: ApiError) -> bytes:
     return _event(error.body())
 
 
-def chat_completion(model: str, text: str, finished: Finished) -> dict[str, Any]:
+def chat_completion(
+    model: str, text: str, finished: Finished, reasoning: str = "", logprobs: list[TokenLogprobs] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     return {
         "id": f"chatcmpl-{secrets.token_hex(12)}",
         "object": "chat.completion",
@@ -112,8 +143,8 @@ def chat_completion(model: str, text: str, finished: Finished) -> dict[str, Any]
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
+                "message": message,
+                "logprobs": logprobs_json(logprobs),
                 "finish_reason": finish_reason(finished),
             }
         ],

@@ -35,6 +35,7 @@ class Collected(NamedTuple):
     text: str
     finished: Finished
     logprobs: list[TokenLogprobs] | None
+    reasoning: str = ""
 
 
 def sse(lines: AsyncIterator[bytes]) -> StreamingResponse:
@@ -138,17 +139,21 @@ async def _interleave(state: GatewayState, pendings: list[Pending]) -> AsyncIter
 async def collect_all(state: GatewayState, pendings: list[Pending]) -> list[Collected]:
     parts: list[list[str]] = [[] for _ in pendings]
     logprobs: list[list[TokenLogprobs]] = [[] for _ in pendings]
+    reasoning: list[list[str]] = [[] for _ in pendings]
     finished: list[Finished | None] = [None] * len(pendings)
     async with aclosing(merged(state, pendings)) as messages:  # closed (cancelling) even if cancelled
         async for index, message in messages:
             if isinstance(message, TokenChunk):
                 parts[index].append(message.text)
+                reasoning[index].append(message.reasoning)
                 if message.logprobs:
                     logprobs[index].extend(message.logprobs)
             else:
                 finished[index] = message
     return [
-        Collected("".join(p), f, lp) for p, f, lp in zip(parts, finished, logprobs) if f is not None
+        Collected("".join(p), f, lp, "".join(r))
+        for p, f, lp, r in zip(parts, finished, logprobs, reasoning)
+        if f is not None
     ]
 
 

@@ -46,8 +46,6 @@ Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 # Parameters we accept only at their neutral value (what the API does when they are left out).
 _NEUTRAL: dict[str, Any] = {
     "n": 1,
-    "logprobs": False,
-    "top_logprobs": None,
     "response_format": None,
     "tools": None,
     "tool_choice": None,
@@ -100,6 +98,8 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     unsupported_parameters(request)
     if request.logit_bias:
         logit_bias_ids(request.logit_bias)
+    if request.top_logprobs and not request.logprobs:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
     return request
 
 
