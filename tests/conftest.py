@@ -20,6 +20,9 @@ from opta_lmx.demo.builder import build_demo_model
 from opta_lmx.proto import GetStatus, StatusReply
 
 SERVE_START_TIMEOUT = 60.0
+# The demo tokenizer's end token (<|im_end|>, id 2) suppressed: a request that must still be
+# running later cannot end early by sampling it (the model's weights are random).
+NO_EOS = {"2": -100}
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,17 @@ async def test_get_waits_for_a_put_and_a_cancelled_get_loses_nothing() -> None:
     assert box.get_nowait() == chunk("y")
 
 
+async def test_a_long_backlog_comes_out_in_pieces_of_at_most_16_tokens() -> None:
+    box = Mailbox()
+    for i in range(40):
+        box.put_nowait(chunk(f"{i} "))
+    box.put_nowait(chunk("", 0))
+    pieces = [await box.get() for _ in range(3)]
+    assert [piece.n_tokens for piece in pieces] == [16, 16, 8]
+    assert "".join(piece.text for piece in pieces) == "".join(f"{i} " for i in range(40))
+    assert box.empty()
+
+
 def test_merged_logprobs_are_concatenated_in_order() -> None:
     a, b, c = (TokenLogprobs(t, -1.0, list(t.encode())) for t in "abc")
     items: deque = deque([chunk("b", logprobs=[b]), chunk("c", logprobs=[c]), chunk("", 0)])

@@ -14,7 +14,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import Server, model_config
+from tests.conftest import NO_EOS, Server, model_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 # Streams that must still be open when a signal lands: a slow engine keeps them open whatever the
@@ -37,7 +37,7 @@ def test_worker_kill_9_mid_stream_errors_the_stream_and_recovers(make_server, ti
     gateway_pid = server.gateway_pid()
     worker_pid = server.worker_pid("tiny")
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
-    stream = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100_000, stream=True)
+    stream = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100_000, stream=True, logit_bias=NO_EOS)
     received = 0
     with pytest.raises(openai.APIError, match="worker") as info:
         for chunk in stream:
@@ -79,7 +79,7 @@ def test_sigterm_ends_an_open_stream_with_a_shutdown_event(make_server, tiny_mod
     server: Server = make_server(SLOW_MODEL.format(path=tiny_model))
     server.wait_models()
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
-    stream = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100_000, stream=True)
+    stream = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100_000, stream=True, logit_bias=NO_EOS)
     tree = [p.pid for p in server.descendants()]
     with pytest.raises(openai.APIError, match="shutting down"):
         for n, _ in enumerate(stream):

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, model_config
+from tests.conftest import NO_EOS, Server, model_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 MB = 1 << 20
@@ -129,7 +129,7 @@ def test_busy_model_is_never_evicted_and_the_load_is_refused_with_507(make_serve
     server: Server = make_server(config)
     server.wait_models({"busy": "RUNNING", "other": "STOPPED"})
     client = client_for(server)
-    stream = client.chat.completions.create(model="busy", messages=MESSAGES, max_tokens=100_000, stream=True)
+    stream = client.chat.completions.create(model="busy", messages=MESSAGES, max_tokens=100_000, stream=True, logit_bias=NO_EOS)
     iterator = iter(stream)
     next(iterator)
     deadline = time.monotonic() + 10
