@@ -34,6 +34,9 @@ _CONNECT_WAIT = 2.0
 _CONNECT_RETRY = 0.02
 # Messages handled per wake-up before the other tasks get a turn (the rest follow at once).
 _DRAIN_BATCH = 256
+# At most this many tokens in one merged chunk: a client that fell far behind still gets its
+# text in pieces, and no event grows without bound.
+_MERGE_TOKENS = 16
 
 
 class Mailbox:
@@ -84,9 +87,10 @@ class Mailbox:
 def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> TokenChunk:
     """``first`` and the token chunks right after it in ``items`` (taken out) as one chunk.
 
-    Texts, reasoning texts and logprobs are concatenated, token counts added. A chunk with
-    reasoning is left for the next read when answer text came before it: one chunk's reasoning
-    is read as coming before its text, and that order must hold.
+    Texts, reasoning texts and logprobs are concatenated, token counts added, up to
+    ``_MERGE_TOKENS`` tokens. A chunk with reasoning is left for the next read when answer text
+    came before it: one chunk's reasoning is read as coming before its text, and that order must
+    hold.
     """
     texts, reasoning = [first.text], [first.reasoning]
     n_tokens = first.n_tokens
@@ -94,7 +98,7 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
     answered = bool(first.text)
     while items and type(items[0]) is TokenChunk:
         chunk: TokenChunk = items[0]  # type: ignore[assignment]
-        if answered and chunk.reasoning:
+        if (answered and chunk.reasoning) or n_tokens + chunk.n_tokens > _MERGE_TOKENS:
             break
         items.popleft()
         texts.append(chunk.text)

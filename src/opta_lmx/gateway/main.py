@@ -16,6 +16,7 @@ import socket
 import threading
 from pathlib import Path
 
+import anyio
 import msgspec
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
@@ -38,6 +39,9 @@ def _bind(host: str, port: int) -> str:
 async def run_gateway(config: Config, runtime: Runtime) -> int:
     state = GatewayState(config, runtime)
     await state.start()
+    # Starlette streams through anyio, which imports its asyncio backend on first use: 40-100 ms
+    # that would otherwise stall the first streamed response, and every stream beside it.
+    await anyio.sleep(0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
