@@ -27,7 +27,9 @@ def post(server: Server, content: bytes, path: str = "/v1/chat/completions") -> 
         (json.dumps({**GOOD, "max_tokens": "many"}).encode(), 400, "invalid_request", "max_tokens"),
         (json.dumps({"model": "tiny"}).encode(), 400, "invalid_request", "messages"),
         (json.dumps({**GOOD, "model": "gpt-17"}).encode(), 404, "model_not_found", "model"),
-        (json.dumps({**GOOD, "n": 3}).encode(), 400, "unsupported_parameter", "n"),
+        (json.dumps({**GOOD, "n": 17}).encode(), 400, "invalid_request", "n"),
+        (json.dumps({**GOOD, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "objekt"}}}}).encode(), 400, "invalid_request", None),
+        (json.dumps({**GOOD, "tool_choice": "required"}).encode(), 400, "invalid_request", "tool_choice"),
         (json.dumps({**GOOD, "warp_speed": 9}).encode(), 400, "unsupported_parameter", "warp_speed"),
     ],
 )
@@ -53,9 +55,9 @@ def test_sdk_raises_typed_errors(server: Server) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=GOOD["messages"])
     with pytest.raises(openai.BadRequestError, match="response_format"):
-        client.chat.completions.create(model="tiny", messages=GOOD["messages"], response_format={"type": "json_object"})
+        client.chat.completions.create(model="tiny", messages=GOOD["messages"], response_format={"type": "yaml"})  # type: ignore[typeddict-item]
     with pytest.raises(openai.BadRequestError, match="'n'"):
-        client.chat.completions.create(model="tiny", messages=GOOD["messages"], stream=True, n=2)
+        client.chat.completions.create(model="tiny", messages=GOOD["messages"], stream=True, n=99)
 
 
 def test_prompt_beyond_the_context_is_refused_with_both_numbers(server: Server) -> None:

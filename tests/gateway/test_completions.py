@@ -10,7 +10,7 @@ import pytest
 
 from opta_lmx.errors import ApiError
 from opta_lmx.gateway.completions import DONE_LINE, ChatStream, error_line
-from opta_lmx.proto import Finished
+from opta_lmx.proto import Finished, TokenChunk, ToolCall
 
 TEXTS = [
     "",
@@ -83,7 +83,7 @@ def test_role_and_finish_lines_keep_their_shape() -> None:
         {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
     ]
     assert role["usage"] is None
-    lines = stream.finish_lines(Finished(1, "length", 5, 7))
+    lines = stream.finish_line(Finished(1, "length", 5, 7)) + stream.end_lines()
     assert lines.endswith(DONE_LINE)
     finish, usage = (payload(part + b"\n\n") for part in lines[: -len(DONE_LINE)].split(b"\n\n")[:2])
     assert finish["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]
@@ -95,7 +95,29 @@ def test_role_and_finish_lines_keep_their_shape() -> None:
 def test_without_usage_there_is_no_usage_key() -> None:
     stream = ChatStream("tiny", include_usage=False)
     assert "usage" not in payload(stream.chunk_line("x"))
-    assert stream.finish_lines(Finished(1, "stop", 5, 7)).count(b"data: ") == 2  # finish + [DONE]
+    assert (stream.finish_line(Finished(1, "stop", 5, 7)) + stream.end_lines()).count(b"data: ") == 2  # finish + [DONE]
+
+
+def test_n_choices_share_one_usage_with_the_prompt_counted_once() -> None:
+    stream = ChatStream("tiny", include_usage=True)
+    second = payload(stream.finish_line(Finished(2, "stop", 5, 3), index=1))
+    assert second["choices"] == [{"index": 1, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
+    stream.finish_line(Finished(1, "length", 5, 7), index=0)
+    usage = payload(stream.end_lines()[: -len(DONE_LINE)])
+    assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}
+
+
+def test_tool_call_deltas_are_indexed_within_their_choice() -> None:
+    stream = ChatStream("tiny", include_usage=False)
+    first = payload(stream.delta_line(TokenChunk(1, "", 1, None, "", [ToolCall("call_a", "f", '{"x": 1}')]), index=1))
+    second = payload(stream.delta_line(TokenChunk(1, "", 1, None, "", [ToolCall("call_b", "g", "{}")]), index=1))
+    other = payload(stream.delta_line(TokenChunk(1, "", 1, None, "", [ToolCall("call_c", "g", "{}")]), index=0))
+    assert first["choices"][0]["index"] == 1
+    assert first["choices"][0]["delta"] == {
+        "tool_calls": [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}, "index": 0}]
+    }
+    assert second["choices"][0]["delta"]["tool_calls"][0]["index"] == 1
+    assert other["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
 
 
 def test_error_line_is_the_error_body() -> None:

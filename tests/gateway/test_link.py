@@ -24,6 +24,7 @@ from opta_lmx.proto import (
     Started,
     TokenChunk,
     TokenLogprobs,
+    ToolCall,
     ToWorker,
 )
 from opta_lmx.worker import loop
@@ -99,7 +100,18 @@ def test_reasoning_after_answer_text_is_not_merged_across() -> None:
 
 def test_merge_knows_every_token_chunk_field() -> None:
     # A new TokenChunk field needs a merge rule in link.merge_chunks (else merging would drop it).
-    assert TokenChunk.__struct_fields__ == ("request_id", "text", "n_tokens", "logprobs", "reasoning")
+    assert TokenChunk.__struct_fields__ == ("request_id", "text", "n_tokens", "logprobs", "reasoning", "tool_calls")
+
+
+def test_nothing_merges_past_a_chunk_with_tool_calls() -> None:
+    # A chunk's tool calls come after its text; text merged in after them would change the order.
+    call = ToolCall("call_1", "f", "{}")
+    items: deque = deque([chunk("b"), TokenChunk(1, "c", 1, None, "", [call]), chunk("d"), chunk("e")])
+    assert merge_chunks(chunk("a"), items) == TokenChunk(1, "abc", 3, None, "", [call])
+    assert merge_chunks(items.popleft(), items) == chunk("de", 2)
+    items = deque([chunk("b")])
+    assert merge_chunks(TokenChunk(1, "a", 1, None, "", [call]), items) == TokenChunk(1, "a", 1, None, "", [call])
+    assert list(items) == [chunk("b")]
 
 
 # --- Outbox (the worker's side) --------------------------------------------------------------

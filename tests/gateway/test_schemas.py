@@ -33,6 +33,30 @@ def test_text_parts_are_joined_and_neutral_values_accepted() -> None:
     assert stop_list(request.stop) == ["x"]
 
 
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+
+
+def test_tools_tool_turns_and_response_formats_are_accepted() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    request = decode_chat_request(
+        body(
+            messages=[
+                {"role": "user", "content": "1+2?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "content": "3", "tool_call_id": "call_1"},
+            ],
+            tools=[TOOL],
+            tool_choice={"type": "function", "function": {"name": "add"}},
+            parallel_tool_calls=False,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True}},
+            n=3,
+        )
+    )
+    assert request.messages[1].tool_calls[0].function.arguments == '{"a": 1}'
+    assert request.tools[0].function.name == "add"
+    assert request.n == 3
+
+
 @pytest.mark.parametrize(
     ("raw", "error", "param"),
     [
@@ -51,9 +75,18 @@ def test_text_parts_are_joined_and_neutral_values_accepted() -> None:
         (body(stop=["a", "b", "c", "d", "e"]), InvalidRequest, "stop"),
         (body(frobnicate=True), UnsupportedParameter, "frobnicate"),
         (body(messages=[{"role": "user", "content": "x", "mood": 1}]), UnsupportedParameter, "messages[0].mood"),
-        (body(n=2), UnsupportedParameter, "n"),
-        (body(response_format={"type": "json_object"}), UnsupportedParameter, "response_format"),
-        (body(tools=[{"type": "function"}]), UnsupportedParameter, "tools"),
+        (body(n=0), InvalidRequest, "n"),
+        (body(n=17), InvalidRequest, "n"),
+        (body(response_format={"type": "xml"}), InvalidRequest, "response_format.type"),
+        (body(response_format={"type": "json_schema"}), InvalidRequest, "response_format.json_schema"),
+        (body(response_format={"type": "json_schema", "json_schema": {"schema": 1}}), InvalidRequest, "response_format.json_schema.schema"),
+        (body(tools=[{"type": "function"}]), InvalidRequest, "tools[0].function"),
+        (body(tools=[{"type": "function", "function": {"name": "no spaces"}}]), InvalidRequest, "tools[0].function.name"),
+        (body(tool_choice="required"), InvalidRequest, "tool_choice"),
+        (body(tools=[TOOL], tool_choice="sometimes"), InvalidRequest, "tool_choice"),
+        (body(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "other"}}), InvalidRequest, "tool_choice"),
+        (body(messages=[{"role": "tool", "content": "3"}]), InvalidRequest, "messages[0].tool_call_id"),
+        (body(messages=[{"role": "user", "content": "x", "tool_calls": []}]), InvalidRequest, "messages[0].tool_calls"),
         (body(top_logprobs=2), InvalidRequest, "top_logprobs"),
         (body(seed="three"), InvalidRequest, "seed"),
         (body(presence_penalty=3), InvalidRequest, "presence_penalty"),

@@ -25,10 +25,10 @@ from opta_lmx.proto import (
 from opta_lmx.config import EngineOptions
 from opta_lmx.worker.engines.mlx import MlxEngine
 
-# Greedy outputs of the tiny demo model (seed 0) run past 64 tokens for these prompts, and "ok"
-# ends with eos after 34 tokens; the first two tests check these facts the others rely on.
+# Greedy outputs of the tiny demo model (seed 0) run past 64 tokens for these prompts, and "run no"
+# ends with eos after 27 tokens; the first two tests check these facts the others rely on.
 PROMPTS = [f"Request number {i}: tell me a story about {'x' * 3 * i}." for i in range(8)]
-EOS_PROMPT = "ok"
+EOS_PROMPT = "run no"
 MAX_STEPS = 2000
 
 
@@ -128,14 +128,14 @@ def test_concurrent_greedy_requests_equal_their_one_at_a_time_output(engine, ref
 def test_eos_ends_with_stop_and_counts_the_eos_token(engine, reference) -> None:
     text, finished = reference(EOS_PROMPT, max_tokens=200)
     assert finished.finish_reason == "stop", "the tiny model no longer ends this prompt with eos"
-    assert finished.completion_tokens == 34
+    assert finished.completion_tokens == 27
     transcript = Transcript()
     transcript.add(engine.submit(generate(1, EOS_PROMPT, max_tokens=200)))
     drain(engine, transcript)
-    assert transcript.terminal(1) == Finished(1, "stop", finished.prompt_tokens, 34)
+    assert transcript.terminal(1) == Finished(1, "stop", finished.prompt_tokens, 27)
     assert transcript.text(1) == text
-    # 33 text tokens; the eos token is counted but carries no text
-    assert sum(m.n_tokens for m in transcript.messages[1] if isinstance(m, TokenChunk)) <= 33
+    # 26 text tokens; the eos token is counted but carries no text
+    assert sum(m.n_tokens for m in transcript.messages[1] if isinstance(m, TokenChunk)) <= 26
 
 
 def test_request_joins_mid_generation_without_stalling_the_others(engine, reference) -> None:

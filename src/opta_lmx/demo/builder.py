@@ -22,14 +22,41 @@ _INIT_STD = 0.3
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINKING_TOKENS = ["<think>", "</think>"]
+# Added, not special (as in Qwen's vocabularies): plain text that happens to be one token, so a
+# grammar can spell it and the detokenizer writes it.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
+# ChatML with tools the way Qwen2.5 and Hermes write them: the functions' JSON in the system turn,
+# calls as ``<tool_call>`` JSON ``</tool_call>``, results in ``tool`` turns. mlx-lm recognises
+# this format (its ``json_tools`` parser) from the markers and ``tool_call.name``.
 CHAT_TEMPLATE = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ '# Tools\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' }}{{ tool | tojson }}{% endfor %}"
+    "{{ '\n</tools>\nTo call a function, answer <tool_call>\n"
+    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant\n' + (message['content'] or '') }}"
+    "{% for tool_call in message['tool_calls'] %}"
+    "{% if tool_call['function'] is defined %}{% set tool_call = tool_call['function'] %}{% endif %}"
+    "{{ '\n<tool_call>\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    "{{ tool_call.arguments | tojson }}{{ '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 # Reasoning models' templates open the thinking block in the generation prompt.
-THINKING_TEMPLATE = CHAT_TEMPLATE.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n<think>\n'")
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace(
+    "{{ '<|im_start|>assistant\n' }}{% endif %}", "{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}"
+)
 
 
 class Shape(msgspec.Struct, frozen=True):
@@ -57,8 +84,8 @@ def build_demo_model(path: Path, size: Size = "tiny", seed: int = 0, thinking: b
     the way reasoning models do."""
     shape = SHAPES[size]
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(shape.vocab_size, size, SPECIAL_TOKENS + (THINKING_TOKENS if thinking else []))
-    tokenizer.save(str(path / "tokenizer.json"))
+    tokenizer = _train_tokenizer(shape.vocab_size, size, SPECIAL_TOKENS + TOOL_TOKENS + (THINKING_TOKENS if thinking else []))
+    _write_tokenizer(path / "tokenizer.json", tokenizer)
     eos_id = tokenizer.token_to_id("<|im_end|>")
     config = {
         "model_type": "llama",
@@ -85,6 +112,15 @@ def build_demo_model(path: Path, size: Size = "tiny", seed: int = 0, thinking: b
     )
     _write_weights(path / "model.safetensors", config, seed)
     return path
+
+
+def _write_tokenizer(path: Path, tokenizer) -> None:  # tokenizer: tokenizers.Tokenizer
+    # The trainer marks every token it is given as special; tool markers are ordinary text.
+    data = json.loads(tokenizer.to_str())
+    for added in data["added_tokens"]:
+        if added["content"] in TOOL_TOKENS:
+            added["special"] = False
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _write_json(path: Path, obj: object) -> None:

@@ -6,6 +6,7 @@ import logging
 from contextlib import aclosing
 from typing import Any, AsyncIterator
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -16,17 +17,19 @@ from opta_lmx.gateway.generation import Job, after_load, collect_all, merged, pr
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.schemas import (
     ChatCompletionRequest,
+    NamedToolChoice,
     decode_chat_request,
     logit_bias_ids,
     message_text,
     stop_list,
 )
 from opta_lmx.gateway.state import GatewayState
-from opta_lmx.proto import ChatMessage, Finished, SamplingParams, TokenChunk
+from opta_lmx.proto import ChatMessage, Finished, SamplingParams, TokenChunk, Tool, ToolCall
 
 log = logging.getLogger("opta_lmx.gateway")
 
 _NO_PRESET = Preset()
+_json = msgspec.json.Encoder()
 
 
 def resolve(state: GatewayState, name: str) -> tuple[ModelConfig, Preset, bool]:
@@ -45,7 +48,9 @@ async def chat_completions(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     body = decode_chat_request(await request.body())
     model, preset, running = resolve(state, body.model)
-    jobs = [Job(model.name, {"messages": _messages(body), "params": sampling_params(body, preset)})]
+    fields = {"messages": _messages(body), **_constraints(body)}
+    params = sampling_params(body, preset)
+    jobs = [Job(model.name, {**fields, "params": nth_seed(params, i)}) for i in range(body.n)]
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         stream = ChatStream(model.name, include_usage)
@@ -57,17 +62,50 @@ async def chat_completions(request: Request) -> Response:
     collected = await unless_disconnected(request, collect_all(state, pendings))
     if collected is None:
         return Response(status_code=499)
-    (choice,) = collected
-    logprobs = choice.logprobs if body.logprobs else None
-    return JSONResponse(chat_completion(model.name, choice.text, choice.finished, choice.reasoning, logprobs))
+    return JSONResponse(chat_completion(model.name, collected, with_logprobs=body.logprobs is True))
 
 
 def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
     # "developer" is the newer name of "system"; templates know only the latter.
     return [
-        ChatMessage(role="system" if m.role == "developer" else m.role, content=message_text(m))
+        ChatMessage(
+            role="system" if m.role == "developer" else m.role,
+            content=message_text(m),
+            tool_calls=[ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()],
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+        )
         for m in body.messages
     ]
+
+
+def _constraints(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The ``Generate`` fields for ``response_format`` and the tools."""
+    fields: dict[str, Any] = {}
+    response_format = body.response_format
+    if response_format is not None and response_format.type == "json_object":
+        fields["json_schema"] = '{"type": "object"}'
+    elif response_format is not None and response_format.type == "json_schema":
+        schema = response_format.json_schema.schema if response_format.json_schema else None
+        fields["json_schema"] = _json.encode(schema if schema is not None else {"type": "object"}).decode()
+    choice = body.tool_choice
+    if not body.tools or choice == "none":  # "none": the model is not told of the tools at all
+        return fields
+    tools = [Tool(t.function.name, t.function.description, t.function.parameters or {}) for t in body.tools]
+    if isinstance(choice, NamedToolChoice):  # one named function: a required call of that one
+        tools = [t for t in tools if t.name == choice.function.name]
+    fields["tools"] = tools
+    fields["tool_choice"] = "required" if choice == "required" or isinstance(choice, NamedToolChoice) else "auto"
+    fields["parallel_tool_calls"] = body.parallel_tool_calls is not False
+    return fields
+
+
+def nth_seed(params: SamplingParams, index: int) -> SamplingParams:
+    """The ``index``-th of n choices: n choices from one seeded request must differ from each
+    other, and still be reproducible."""
+    if params.seed is None or index == 0:
+        return params
+    return msgspec.structs.replace(params, seed=params.seed + index)
 
 
 def _first(*values: Any) -> Any:
@@ -97,16 +135,20 @@ def sampling_params(body: Any, preset: Preset) -> SamplingParams:
 
 async def _stream(state: GatewayState, pendings: list[Pending], stream: ChatStream) -> AsyncIterator[bytes]:
     try:
-        yield stream.role_line()
+        for index in range(len(pendings)):
+            yield stream.role_line(index)
         async with aclosing(merged(state, pendings)) as messages:
-            async for _, message in messages:
+            async for index, message in messages:
                 if isinstance(message, TokenChunk):
-                    if message.reasoning or message.logprobs is not None:
-                        yield stream.delta_line(message)
-                    else:
+                    if message.reasoning or message.logprobs is not None or message.tool_calls:
+                        yield stream.delta_line(message, index)
+                    elif index == 0:
                         yield stream.chunk_line(message.text)
+                    else:
+                        yield stream.delta_line(message, index)
                 elif isinstance(message, Finished):
-                    yield stream.finish_lines(message)
+                    yield stream.finish_line(message, index)
+        yield stream.end_lines()
     except ApiError as error:
         log.warning("stream %s ended with %s: %s", stream.id, error.code, error.message)
         yield error_line(error)

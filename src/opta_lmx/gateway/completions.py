@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from opta_lmx.errors import ApiError
-from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs
+from opta_lmx.gateway.generation import Collected
+from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs, ToolCall
 
 _json = msgspec.json.Encoder()
 
@@ -41,28 +42,44 @@ def _event(value: Any) -> bytes:
     return b"data: " + _json_line_safe(value) + b"\n\n"
 
 
-def usage(finished: Finished) -> dict[str, int]:
-    return {
-        "prompt_tokens": finished.prompt_tokens,
-        "completion_tokens": finished.completion_tokens,
-        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-    }
+def usage(finished: list[Finished]) -> dict[str, int]:
+    """Of all choices: n choices of one prompt count the prompt once, as OpenAI does."""
+    prompt = finished[0].prompt_tokens if finished else 0
+    completion = sum(f.completion_tokens for f in finished)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def finish_reason(finished: Finished) -> str:
     # "cancelled" never reaches a client: a cancelled request has no client left.
-    return "length" if finished.finish_reason == "length" else "stop"
+    return finished.finish_reason if finished.finish_reason in ("length", "tool_calls") else "stop"
+
+
+def tool_calls_json(calls: list[ToolCall], first_index: int = 0, streamed: bool = False) -> list[dict[str, Any]]:
+    """OpenAI's ``tool_calls`` entries; a stream's carry their index within the choice."""
+    out = []
+    for index, call in enumerate(calls, first_index):
+        entry: dict[str, Any] = {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        if streamed:
+            entry["index"] = index
+        out.append(entry)
+    return out
 
 
 class ChatStream:
-    """Builds the SSE lines of one streamed chat completion."""
+    """Builds the SSE lines of one streamed chat completion (of one or more choices)."""
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self.id = f"chatcmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
-        template = self._line([_choice({"content": _PLACEHOLDER}, None)])
+        self._finished: list[Finished] = []
+        self._calls: dict[int, int] = {}  # tool calls streamed so far, per choice
+        template = self._line([_choice(0, {"content": _PLACEHOLDER}, None)])
         self._head, placeholder, self._tail = template.partition(_json_line_safe(_PLACEHOLDER))
         assert placeholder, "the content chunk template lost its placeholder"
 
@@ -79,31 +96,39 @@ class ChatStream:
             chunk["usage"] = usage_value
         return _event(chunk)
 
-    def role_line(self) -> bytes:
-        return self._line([_choice({"role": "assistant", "content": ""}, None)])
+    def role_line(self, index: int = 0) -> bytes:
+        return self._line([_choice(index, {"role": "assistant", "content": ""}, None)])
 
     def chunk_line(self, text: str) -> bytes:
-        """The same bytes as ``_line([_choice({"content": text}, None)])``, built per token."""
+        """The same bytes as ``_line([_choice(0, {"content": text}, None)])``, built per token."""
         return self._head + _json_line_safe(text) + self._tail
 
-    def delta_line(self, chunk: TokenChunk) -> bytes:
-        """A chunk that carries reasoning or logprobs: the general path, built from a dict."""
+    def delta_line(self, chunk: TokenChunk, index: int = 0) -> bytes:
+        """Any chunk (reasoning, logprobs, tool calls, another choice's): built from a dict."""
         delta: dict[str, Any] = {}
         if chunk.reasoning:
             delta["reasoning_content"] = chunk.reasoning
-        if chunk.text or not chunk.reasoning:
+        if chunk.text or not (chunk.reasoning or chunk.tool_calls):
             delta["content"] = chunk.text
-        return self._line([_choice(delta, None, logprobs_json(chunk.logprobs))])
+        if chunk.tool_calls:
+            first = self._calls.get(index, 0)
+            self._calls[index] = first + len(chunk.tool_calls)
+            delta["tool_calls"] = tool_calls_json(chunk.tool_calls, first, streamed=True)
+        return self._line([_choice(index, delta, None, logprobs_json(chunk.logprobs))])
 
-    def finish_lines(self, finished: Finished) -> bytes:
-        lines = self._line([_choice({}, finish_reason(finished))])
+    def finish_line(self, finished: Finished, index: int = 0) -> bytes:
+        self._finished.append(finished)
+        return self._line([_choice(index, {}, finish_reason(finished))])
+
+    def end_lines(self) -> bytes:
+        """After every choice finished: the usage chunk if asked for, and ``[DONE]``."""
         if self.include_usage:
-            lines += self._line([], usage(finished))
-        return lines + DONE_LINE
+            return self._line([], usage(self._finished)) + DONE_LINE
+        return DONE_LINE
 
 
-def _choice(delta: dict[str, Any], reason: str | None, logprobs: Any = None) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+def _choice(index: int, delta: dict[str, Any], reason: str | None, logprobs: Any = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
 
 
 def logprobs_json(entries: list[TokenLogprobs] | None) -> dict[str, Any] | None:
@@ -128,12 +153,7 @@ def error_line(error: ApiError) -> bytes:
     return _event(error.body())
 
 
-def chat_completion(
-    model: str, text: str, finished: Finished, reasoning: str = "", logprobs: list[TokenLogprobs] | None = None
-) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
-    if reasoning:
-        message["reasoning_content"] = reasoning
+def chat_completion(model: str, choices: list[Collected], with_logprobs: bool = False) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{secrets.token_hex(12)}",
         "object": "chat.completion",
@@ -142,11 +162,23 @@ def chat_completion(
         "system_fingerprint": None,
         "choices": [
             {
-                "index": 0,
-                "message": message,
-                "logprobs": logprobs_json(logprobs),
-                "finish_reason": finish_reason(finished),
+                "index": index,
+                "message": _message(choice),
+                "logprobs": logprobs_json(choice.logprobs) if with_logprobs else None,
+                "finish_reason": finish_reason(choice.finished),
             }
+            for index, choice in enumerate(choices)
         ],
-        "usage": usage(finished),
+        "usage": usage([c.finished for c in choices]),
     }
+
+
+def _message(choice: Collected) -> dict[str, Any]:
+    # With tool calls and no text, content is null, as OpenAI sends it.
+    content = choice.text if choice.text or not choice.tool_calls else None
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if choice.reasoning:
+        message["reasoning_content"] = choice.reasoning
+    if choice.tool_calls:
+        message["tool_calls"] = tool_calls_json(choice.tool_calls)
+    return message

@@ -18,7 +18,7 @@ from starlette.responses import StreamingResponse
 from opta_lmx.errors import ApiError, GenerationTimeout, failure_to_error
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.state import GatewayState
-from opta_lmx.proto import Failed, Finished, FromWorker, Started, TokenChunk, TokenLogprobs
+from opta_lmx.proto import Failed, Finished, FromWorker, Started, TokenChunk, TokenLogprobs, ToolCall
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _LOADING_KEEPALIVE = 2.0
@@ -36,6 +36,7 @@ class Collected(NamedTuple):
     finished: Finished
     logprobs: list[TokenLogprobs] | None
     reasoning: str = ""
+    tool_calls: list[ToolCall] = []
 
 
 def sse(lines: AsyncIterator[bytes]) -> StreamingResponse:
@@ -140,19 +141,21 @@ async def collect_all(state: GatewayState, pendings: list[Pending]) -> list[Coll
     parts: list[list[str]] = [[] for _ in pendings]
     logprobs: list[list[TokenLogprobs]] = [[] for _ in pendings]
     reasoning: list[list[str]] = [[] for _ in pendings]
+    calls: list[list[ToolCall]] = [[] for _ in pendings]
     finished: list[Finished | None] = [None] * len(pendings)
     async with aclosing(merged(state, pendings)) as messages:  # closed (cancelling) even if cancelled
         async for index, message in messages:
             if isinstance(message, TokenChunk):
                 parts[index].append(message.text)
                 reasoning[index].append(message.reasoning)
+                calls[index].extend(message.tool_calls)
                 if message.logprobs:
                     logprobs[index].extend(message.logprobs)
             else:
                 finished[index] = message
     return [
-        Collected("".join(p), f, lp, "".join(r))
-        for p, f, lp, r in zip(parts, finished, logprobs, reasoning)
+        Collected("".join(p), f, lp, "".join(r), c)
+        for p, f, lp, r, c in zip(parts, finished, logprobs, reasoning, calls)
         if f is not None
     ]
 

@@ -88,7 +88,7 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
     """``first`` and the token chunks right after it in ``items`` (taken out) as one chunk.
 
     Texts, reasoning texts and logprobs are concatenated, token counts added, up to
-    ``_MERGE_TOKENS`` tokens. A chunk with reasoning is left for the next read when answer text
+    ``_MERGE_TOKENS`` tokens, and up to the first chunk with tool calls. A chunk with reasoning is left for the next read when answer text
     came before it: one chunk's reasoning is read as coming before its text, and that order must
     hold.
     """
@@ -96,7 +96,8 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
     n_tokens = first.n_tokens
     logprobs = None if first.logprobs is None else list(first.logprobs)
     answered = bool(first.text)
-    while items and type(items[0]) is TokenChunk:
+    calls = first.tool_calls
+    while items and type(items[0]) is TokenChunk and not calls:
         chunk: TokenChunk = items[0]  # type: ignore[assignment]
         if (answered and chunk.reasoning) or n_tokens + chunk.n_tokens > _MERGE_TOKENS:
             break
@@ -105,9 +106,10 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
         reasoning.append(chunk.reasoning)
         n_tokens += chunk.n_tokens
         answered = answered or bool(chunk.text)
+        calls = chunk.tool_calls  # a chunk's calls come after its text: nothing merges past them
         if chunk.logprobs is not None:
             logprobs = (logprobs or []) + chunk.logprobs
-    return TokenChunk(first.request_id, "".join(texts), n_tokens, logprobs, "".join(reasoning))
+    return TokenChunk(first.request_id, "".join(texts), n_tokens, logprobs, "".join(reasoning), calls)
 
 
 class Pending:

@@ -30,10 +30,60 @@ class AudioPart(msgspec.Struct, tag="input_audio", forbid_unknown_fields=True):
 ContentPart = TextPart | ImagePart | AudioPart
 
 
+class FunctionCallIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    arguments: str  # JSON text, as the API returned it
+
+
+class ToolCallIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    function: FunctionCallIn
+    type: Literal["function"] = "function"
+
+
 class ChatMessageIn(msgspec.Struct, forbid_unknown_fields=True):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # the call a tool turn answers
+    refusal: str | None = None
+
+
+FunctionName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+class FunctionDef(msgspec.Struct, forbid_unknown_fields=True):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None
+
+
+class ToolDef(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | None = None  # OpenAI requires it; it changes nothing here
+    description: str | None = None
+    schema: dict[str, Any] | None = None  # None: any JSON object
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,14 +93,7 @@ class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 
-# Parameters we accept only at their neutral value (what the API does when they are left out).
-_NEUTRAL: dict[str, Any] = {
-    "n": 1,
-    "response_format": None,
-    "tools": None,
-    "tool_choice": None,
-    "parallel_tool_calls": None,
-}
+MAX_CHOICES = 16
 
 
 class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,7 +107,7 @@ class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     user: str | None = None
-    n: int | None = None
+    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     seed: int | None = None
@@ -75,9 +118,9 @@ class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
     repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -96,6 +139,12 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     unsupported_parameters(request)
+    check_tools(request)
+    if request.response_format is not None and request.response_format.type == "json_schema":
+        if request.response_format.json_schema is None:
+            raise InvalidRequest(
+                "response_format of type 'json_schema' needs a 'json_schema' object.", param="response_format.json_schema"
+            )
     if request.logit_bias:
         logit_bias_ids(request.logit_bias)
     if request.top_logprobs and not request.logprobs:
@@ -120,13 +169,6 @@ def validation_error(message: str) -> InvalidRequest | UnsupportedParameter:
 
 
 def unsupported_parameters(request: ChatCompletionRequest) -> None:
-    for name, neutral in _NEUTRAL.items():
-        value = getattr(request, name)
-        if value is not None and value != neutral:
-            raise UnsupportedParameter(
-                f"Unsupported parameter: '{name}' = {value!r} is not supported by this server yet.",
-                param=name,
-            )
     for index, message in enumerate(request.messages):
         if isinstance(message.content, list):
             for part in message.content:
@@ -136,6 +178,24 @@ def unsupported_parameters(request: ChatCompletionRequest) -> None:
                         f"This model does not accept {kind}: only text content is supported.",
                         param=f"messages[{index}].content",
                     )
+
+
+def check_tools(request: ChatCompletionRequest) -> None:
+    """OpenAI's rules: a tool turn names its call; tool_choice needs tools, and names one of them."""
+    for index, message in enumerate(request.messages):
+        if message.role == "tool" and not message.tool_call_id:
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{index}].tool_call_id'.", param=f"messages[{index}].tool_call_id"
+            )
+        if message.tool_calls is not None and message.role != "assistant":
+            raise InvalidRequest("Only assistant messages may have 'tool_calls'.", param=f"messages[{index}].tool_calls")
+    choice = request.tool_choice
+    if choice is None or choice == "none":
+        return
+    if not request.tools:
+        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice")
+    if isinstance(choice, NamedToolChoice) and all(t.function.name != choice.function.name for t in request.tools):
+        raise InvalidRequest(f"tool_choice names '{choice.function.name}', which is not in 'tools'.", param="tool_choice")
 
 
 def message_text(message: ChatMessageIn) -> str:

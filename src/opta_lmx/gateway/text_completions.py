@@ -18,16 +18,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from opta_lmx.errors import ApiError, InvalidRequest, UnsupportedParameter
-from opta_lmx.gateway.chat import resolve, sampling_params
+from opta_lmx.gateway.chat import nth_seed, resolve, sampling_params
 from opta_lmx.gateway.completions import error_line
 from opta_lmx.gateway.generation import Collected, Job, after_load, collect_all, merged, prepare_all, sse, unless_disconnected
 from opta_lmx.gateway.link import Pending
-from opta_lmx.gateway.schemas import Bias, Penalty, StreamOptions, validation_error
+from opta_lmx.gateway.schemas import MAX_CHOICES, Bias, Penalty, StreamOptions, validation_error
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Finished, TokenChunk
 
 _json = msgspec.json.Encoder()
-MAX_CHOICES = 16
 
 # msgspec takes one list type in a union; the mix of element kinds is checked in ``prompts``.
 Prompt = str | list[str | int | list[int]]
@@ -103,7 +102,7 @@ async def completions(request: Request) -> Response:
         raise InvalidRequest(f"At most {MAX_CHOICES} choices (prompts x n) per request.", param="n")
     params = sampling_params(body, preset)
     jobs = [
-        Job(model.name, {**fields, "echo": body.echo, "params": _nth_seed(params, i)})
+        Job(model.name, {**fields, "echo": body.echo, "params": nth_seed(params, i)})
         for fields in each
         for i in range(body.n)
     ]
@@ -117,13 +116,6 @@ async def completions(request: Request) -> Response:
     if collected is None:
         return Response(status_code=499)
     return JSONResponse(shape.whole(collected))
-
-
-def _nth_seed(params: Any, index: int) -> Any:
-    # n choices from one seeded request must differ from each other, and still be reproducible.
-    if params.seed is None or index == 0:
-        return params
-    return msgspec.structs.replace(params, seed=params.seed + index)
 
 
 async def _stream(state: GatewayState, pendings: list[Pending], shape: TextCompletion) -> AsyncIterator[bytes]:

@@ -39,6 +39,8 @@ from opta_lmx.proto.data import (
     TokenChunk,
     TokenLogprob,
     TokenLogprobs,
+    Tool,
+    ToolCall,
     ToWorker,
 )
 from opta_lmx.proto.lifecycle import (
@@ -92,6 +94,8 @@ __all__ = [
     "TokenChunk",
     "TokenLogprob",
     "TokenLogprobs",
+    "Tool",
+    "ToolCall",
     "ToWorker",
     "Trim",
     "WorkerCommand",

@@ -9,12 +9,35 @@ Every ``Generate`` ends with exactly one terminal message, ``Finished`` or ``Fai
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
+class ToolCall(msgspec.Struct, array_like=True, frozen=True):
+    """A function call the model made; ``arguments`` is JSON text, as in OpenAI's API."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, frozen=True):
+    """``tool_calls`` are an assistant turn's calls; a ``tool`` message answers ``tool_call_id``."""
+
     role: str
     content: str
+    tool_calls: list[ToolCall] = []
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class Tool(msgspec.Struct, frozen=True):
+    """A function the model may call; ``parameters`` is its arguments' JSON schema."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = {}
 
 
 class SamplingParams(msgspec.Struct, frozen=True):
@@ -40,7 +63,12 @@ class SamplingParams(msgspec.Struct, frozen=True):
 class Generate(msgspec.Struct, tag="generate", frozen=True):
     """A chat (``messages``, rendered with the model's template) or a plain completion
     (``prompt`` text or ``prompt_ids`` tokens, used as they are). ``echo`` sends the prompt's
-    text back as the first chunk."""
+    text back as the first chunk.
+
+    ``json_schema`` (JSON text) constrains the output to JSON that validates against it. ``tools``
+    are rendered through the chat template and the model's calls parsed; ``tool_choice`` is
+    ``"auto"`` (the model decides) or ``"required"`` (constrained to call one of ``tools``, at most
+    one call unless ``parallel_tool_calls``)."""
 
     request_id: int
     messages: list[ChatMessage] = []
@@ -48,6 +76,10 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     prompt: str | None = None
     prompt_ids: list[int] | None = None
     echo: bool = False
+    json_schema: str | None = None
+    tools: list[Tool] = []
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True):
@@ -84,13 +116,15 @@ class TokenLogprobs(msgspec.Struct, array_like=True, frozen=True):
 class TokenChunk(msgspec.Struct, tag="t", array_like=True, frozen=True):
     """One or more tokens' worth of text (several when the engine is ahead of the socket).
     ``logprobs`` has one entry per token when the request asked for them; ``reasoning`` is text
-    the model wrote inside its thinking markers (``text`` is the answer itself)."""
+    the model wrote inside its thinking markers (``text`` is the answer itself); ``tool_calls``
+    are calls completed with this chunk, after its text."""
 
     request_id: int
     text: str
     n_tokens: int
     logprobs: list[TokenLogprobs] | None = None
     reasoning: str = ""
+    tool_calls: list[ToolCall] = []
 
 
 class Finished(msgspec.Struct, tag="f", array_like=True, frozen=True):

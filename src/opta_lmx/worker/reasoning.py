@@ -4,44 +4,28 @@ piece of text splits one."""
 
 from __future__ import annotations
 
+from opta_lmx.worker.markers import MarkerSplitter, Piece
+
 
 class ReasoningSplitter:
     """Feed text pieces; get back ``(reasoning, content)`` that is safe to emit now."""
 
     def __init__(self, start: str, end: str, inside: bool) -> None:
-        self._start = start
-        self._end = end
-        self.inside = inside  # True while between the markers
-        self._pending = ""
+        self._splitter = MarkerSplitter(start, end, inside)
+
+    @property
+    def inside(self) -> bool:
+        return self._splitter.inside
 
     def feed(self, text: str) -> tuple[str, str]:
-        self._pending += text
-        reasoning: list[str] = []
-        content: list[str] = []
-        while True:
-            marker = self._end if self.inside else self._start
-            at = self._pending.find(marker)
-            if at < 0:
-                break
-            (reasoning if self.inside else content).append(self._pending[:at])
-            self._pending = self._pending[at + len(marker) :]
-            self.inside = not self.inside
-        keep = _partial_suffix(self._pending, self._end if self.inside else self._start)
-        ready, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
-        (reasoning if self.inside else content).append(ready)
-        return "".join(reasoning), "".join(content)
+        return _join(self._splitter.feed(text))
 
     def flush(self) -> tuple[str, str]:
-        rest, self._pending = self._pending, ""
-        return (rest, "") if self.inside else ("", rest)
+        return _join(self._splitter.flush())
 
 
-def _partial_suffix(text: str, marker: str) -> int:
-    """The length of the longest end of ``text`` that begins ``marker``."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
+def _join(pieces: list[Piece]) -> tuple[str, str]:
+    return "".join(p.text for p in pieces if p.inside), "".join(p.text for p in pieces if not p.inside)
 
 
 def starts_inside(prompt_text: str, start: str, end: str) -> bool:

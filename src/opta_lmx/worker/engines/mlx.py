@@ -21,10 +21,12 @@ from mlx_lm import load
 from mlx_lm.generate import BatchGenerator, GenerationBatch
 
 from opta_lmx.config import EngineOptions
-from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
+from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk, ToolCall
+from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars, json_schema_grammar, tool_call_grammar
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
+from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
 
 _DEFAULT_CTX_LEN = 4096
 
@@ -39,6 +41,7 @@ class _Request:
     stops: StopMatcher
     top_logprobs: int | None  # None: no logprobs asked for
     reasoning: ReasoningSplitter | None  # None: the model has no thinking markers
+    tools: ToolCallSplitter | None  # None: no tools, or the model has no tool-call format
     generated: int = 0
 
 
@@ -64,6 +67,7 @@ class MlxEngine:
         self._logprobs = LogprobReader(self._tokenizer)
         tokenizer = self._tokenizer
         self._think = (tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None
+        self._grammars = Grammars(tokenizer, int(config.get("vocab_size") or len(tokenizer)))
 
     def _new_batch(self) -> BatchGenerator:
         options = self._options
@@ -92,8 +96,9 @@ class MlxEngine:
             tokenizer = self._tokenizer
             bos = tokenizer.bos_token is not None and not request.prompt.startswith(tokenizer.bos_token)
             return list(tokenizer.encode(request.prompt, add_special_tokens=bos))
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        return list(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        tools = template_tools(request.tools) or None
+        messages = template_messages(request.messages)
+        return list(self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True))
 
     def submit(self, request: Generate) -> list[FromWorker]:
         rid = request.request_id
@@ -117,11 +122,16 @@ class MlxEngine:
             return [Failed(rid, "invalid_request", "max_tokens must be at least 1")]
         if any(not 0 <= t < len(self._tokenizer) for t in (*(request.prompt_ids or ()), *params.logit_bias)):
             return [Failed(rid, "invalid_request", f"token ids must be in 0..{len(self._tokenizer) - 1}")]
+        try:
+            constraint = self._constraint(request)
+        except GrammarError as exc:
+            return [Failed(rid, "invalid_request", str(exc))]
         (uid,) = self._batch.insert(
             [prompt],
             max_tokens=[max_tokens],
             samplers=[sampler_for(params)],
-            logits_processors=[logits_processors_for(params, self.ctx_len)],
+            # The grammar's mask comes last: nothing after it may make a banned token likely.
+            logits_processors=[logits_processors_for(params, self.ctx_len) + constraint],
         )
         entry = _Request(
             request_id=rid,
@@ -132,6 +142,7 @@ class MlxEngine:
             stops=StopMatcher(params.stop),
             top_logprobs=params.top_logprobs if params.logprobs else None,
             reasoning=self._reasoning_splitter(prompt),
+            tools=self._tool_splitter(request),
         )
         self._requests[rid] = entry
         self._by_uid[uid] = entry
@@ -140,6 +151,35 @@ class MlxEngine:
         if request.echo:
             out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
         return out
+
+    def _constraint(self, request: Generate) -> list[Any]:
+        """The grammar processor the request needs (a forced tool call, or a JSON schema), if any."""
+        tokenizer = self._tokenizer
+        if request.tools and request.tool_choice == "required":
+            if not tokenizer.has_tool_calling or not _json_tool_format(tokenizer):
+                raise GrammarError(
+                    "tool_choice 'required' or a named function needs a model whose chat template "
+                    "writes tool calls as JSON between tool-call markers; this model's does not."
+                )
+            grammar = tool_call_grammar(
+                template_tools(request.tools),
+                tokenizer.tool_call_start,
+                tokenizer.tool_call_end,
+                request.parallel_tool_calls,
+                tokenizer,
+            )
+        elif request.json_schema is not None:
+            grammar = json_schema_grammar(request.json_schema)
+        else:
+            return []
+        return [self._grammars.processor(grammar)]
+
+    def _tool_splitter(self, request: Generate) -> ToolCallSplitter | None:
+        tokenizer = self._tokenizer
+        if not request.tools or not tokenizer.has_tool_calling:
+            return None
+        tools = template_tools(request.tools)
+        return ToolCallSplitter(tokenizer.tool_call_start, tokenizer.tool_call_end, tokenizer.tool_parser, tools)
 
     def _reasoning_splitter(self, prompt: list[int]) -> ReasoningSplitter | None:
         if self._think is None:
@@ -190,11 +230,14 @@ class MlxEngine:
         request.detokenizer.add_token(token)
         reasoning, text = self._split(request, request.detokenizer.last_segment)
         text = request.stops.feed(text)
+        calls: list[ToolCall] = []
+        if request.tools is not None:
+            text, calls = request.tools.feed(text)
         if request.top_logprobs is not None:
             entry = self._logprobs.entry(token, response.logprobs, request.top_logprobs)
-            out.append(TokenChunk(request.request_id, text, 1, [entry], reasoning))
-        elif text or reasoning:
-            out.append(TokenChunk(request.request_id, text, 1, None, reasoning))
+            out.append(TokenChunk(request.request_id, text, 1, [entry], reasoning, calls))
+        elif text or reasoning or calls:
+            out.append(TokenChunk(request.request_id, text, 1, None, reasoning, calls))
         if request.stops.stopped:
             return "stop"
         if request.generated >= request.max_tokens:
@@ -203,6 +246,7 @@ class MlxEngine:
 
     def _finish(self, request: _Request, reason: str, out: list[FromWorker]) -> None:
         self._forget(request)
+        reasoning, tail = "", ""
         # After a stop string nothing more may be emitted; otherwise the detokenizer may still
         # hold the tail of a multi-byte character, and the matcher a possible stop prefix.
         if not request.stops.stopped:
@@ -213,8 +257,15 @@ class MlxEngine:
                 reason = "stop"
             else:
                 tail += request.stops.flush()
-            if tail or reasoning:
-                out.append(TokenChunk(request.request_id, tail, 0, None, reasoning))
+        calls: list[ToolCall] = []
+        if request.tools is not None:  # a call block left open is parsed, or given back as text
+            tail, calls = request.tools.feed(tail)
+            more_tail, more_calls = request.tools.flush()
+            tail, calls = tail + more_tail, calls + more_calls
+            if reason == "stop" and request.tools.called:
+                reason = "tool_calls"
+        if tail or reasoning or calls:
+            out.append(TokenChunk(request.request_id, tail, 0, None, reasoning, calls))
         out.append(Finished(request.request_id, reason, request.prompt_tokens, request.generated))
 
     @staticmethod
@@ -258,3 +309,9 @@ class MlxEngine:
     def trim(self) -> None:
         gc.collect()
         mx.clear_cache()
+
+
+def _json_tool_format(tokenizer: Any) -> bool:
+    """Whether the model writes a tool call as one JSON object between its markers (the format
+    ``tool_call_grammar`` constrains to)."""
+    return getattr(tokenizer.tool_parser, "__module__", "") == "mlx_lm.tool_parsers.json_tools"
