@@ -113,5 +113,9 @@ def test_presets_and_aliases_are_checked() -> None:
         parse_config("[[models]]\nname='a'\npath='p'\n[[models]]\nname='b'\npath='q'\naliases=['a']")
     with pytest.raises(ConfigError, match="options must be positive"):
         parse_config("[[models]]\nname='a'\npath='p'\n[models.options]\nbatch_size=0")
+    with pytest.raises(ConfigError, match="options must be positive"):
+        parse_config("[[models]]\nname='a'\npath='p'\n[models.options]\nprompt_cache_bytes=-1")
+    options = parse_config("[[models]]\nname='a'\npath='p'\n[models.options]\nprompt_cache_entries=0").models[0].options
+    assert options.prompt_cache_entries == 0  # 0 is allowed: it disables the prompt cache
     with pytest.raises(ConfigError, match="engine 'torch'"):
         parse_config("[[models]]\nname='a'\npath='p'\nengine='torch'")

@@ -83,12 +83,17 @@ def test_role_and_finish_lines_keep_their_shape() -> None:
         {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
     ]
     assert role["usage"] is None
-    lines = stream.finish_lines(Finished(1, "length", 5, 7))
+    lines = stream.finish_lines(Finished(1, "length", 5, 7, 3))
     assert lines.endswith(DONE_LINE)
     finish, usage = (payload(part + b"\n\n") for part in lines[: -len(DONE_LINE)].split(b"\n\n")[:2])
     assert finish["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert usage["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 7,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 3},
+    }
     assert list(finish) == ["id", "object", "created", "model", "system_fingerprint", "choices", "usage"]
 
 

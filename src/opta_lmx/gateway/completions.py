@@ -41,11 +41,13 @@ def _event(value: Any) -> bytes:
     return b"data: " + _json_line_safe(value) + b"\n\n"
 
 
-def usage(finished: Finished) -> dict[str, int]:
+def usage(finished: Finished) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens`` are prompt tokens the engine's prompt cache supplied."""
     return {
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": finished.cached_tokens},
     }
 
 
@@ -66,7 +68,7 @@ class ChatStream:
         self._head, placeholder, self._tail = template.partition(_json_line_safe(_PLACEHOLDER))
         assert placeholder, "the content chunk template lost its placeholder"
 
-    def _line(self, choices: list[dict[str, Any]], usage_value: dict[str, int] | None = None) -> bytes:
+    def _line(self, choices: list[dict[str, Any]], usage_value: dict[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",

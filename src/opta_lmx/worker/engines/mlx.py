@@ -8,6 +8,9 @@ in the generator (eos, ``max_tokens``) has already left it.
 
 Text is made here, not in the generator: one incremental detokenizer and one ``StopMatcher`` per
 request, so stop strings split across tokens are never emitted.
+
+Every request that leaves the batch leaves its KV cache in the prompt cache (``mlx_prompt_cache``);
+a new prompt starts from the longest cached prefix of its tokens and prefills only the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch
 
 from opta_lmx.config import EngineOptions
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
+from opta_lmx.worker.engines.mlx_prompt_cache import PromptCache
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
@@ -39,6 +43,7 @@ class _Request:
     stops: StopMatcher
     top_logprobs: int | None  # None: no logprobs asked for
     reasoning: ReasoningSplitter | None  # None: the model has no thinking markers
+    cached_tokens: int  # prompt tokens taken from the prompt cache
     generated: int = 0
 
 
@@ -48,7 +53,8 @@ class MlxEngine:
     ``options.batch_size`` caps the requests decoded together (more wait their turn, in order,
     already ``Started``); ``prefill_batch_size`` caps the prompts prefilled in one step, and
     ``prefill_step_size`` the tokens of each prompt per step, which bounds how much one step's
-    prefill can delay the tokens of the others.
+    prefill can delay the tokens of the others. ``prompt_cache_entries`` and
+    ``prompt_cache_bytes`` bound the prompt cache (``prompt_cache``), which ``trim`` empties.
     """
 
     def __init__(self, model_name: str, path: str, options: EngineOptions = EngineOptions()) -> None:
@@ -58,6 +64,7 @@ class MlxEngine:
         self._eos = frozenset(self._tokenizer.eos_token_ids)
         self._options = options
         self._batch = self._new_batch()
+        self.prompt_cache = PromptCache(options.prompt_cache_entries, options.prompt_cache_bytes)
         self._requests: dict[int, _Request] = {}
         self._by_uid: dict[int, _Request] = {}
         self._progress = 0
@@ -117,9 +124,12 @@ class MlxEngine:
             return [Failed(rid, "invalid_request", "max_tokens must be at least 1")]
         if any(not 0 <= t < len(self._tokenizer) for t in (*(request.prompt_ids or ()), *params.logit_bias)):
             return [Failed(rid, "invalid_request", f"token ids must be in 0..{len(self._tokenizer) - 1}")]
+        cache, cached = self.prompt_cache.fetch(prompt)
         (uid,) = self._batch.insert(
-            [prompt],
+            [prompt[cached:]],
             max_tokens=[max_tokens],
+            caches=[cache],  # None: the generator makes a fresh one
+            all_tokens=[prompt[:cached]],  # what the cache holds (penalties see the whole prompt)
             samplers=[sampler_for(params)],
             logits_processors=[logits_processors_for(params, self.ctx_len)],
         )
@@ -132,6 +142,7 @@ class MlxEngine:
             stops=StopMatcher(params.stop),
             top_logprobs=params.top_logprobs if params.logprobs else None,
             reasoning=self._reasoning_splitter(prompt),
+            cached_tokens=cached,
         )
         self._requests[rid] = entry
         self._by_uid[uid] = entry
@@ -154,14 +165,23 @@ class MlxEngine:
             _prompt_progress, generated = self._batch.next()
         except Exception as exc:  # the batch's state is unknown after a fault: fail it, start anew
             self._batch = self._new_batch()
+            self.prompt_cache.clear()  # with nothing carried over from that state either
             return out + self.abort_all("engine_error", f"{type(exc).__name__}: {exc}")
         leaving = []
         for response in generated:
             if not self._take(response, out) and response.finish_reason is None:
                 leaving.append(response.uid)  # it ended here, but the generator still holds it
+            if response.finish_reason is not None:  # the generator let it go, with its cache
+                self.prompt_cache.store(response.all_tokens, response.prompt_cache)
         if leaving:
-            self._batch.remove(leaving)
+            self._remove(leaving)
         return out
+
+    def _remove(self, uids: list[int]) -> None:
+        """Take requests out of the batch, keeping their caches (a cut-off answer or a
+        cancelled request's prompt is as good a prefix as any)."""
+        for cache, tokens in self._batch.remove(uids, return_prompt_caches=True).values():
+            self.prompt_cache.store(tokens, cache)
 
     def _take(self, response: GenerationBatch.Response, out: list[FromWorker]) -> bool:
         """Handle one sampled token; True while its request goes on."""
@@ -215,7 +235,9 @@ class MlxEngine:
                 tail += request.stops.flush()
             if tail or reasoning:
                 out.append(TokenChunk(request.request_id, tail, 0, None, reasoning))
-        out.append(Finished(request.request_id, reason, request.prompt_tokens, request.generated))
+        out.append(
+            Finished(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens)
+        )
 
     @staticmethod
     def _split(request: _Request, text: str, final: bool = False) -> tuple[str, str]:
@@ -237,8 +259,8 @@ class MlxEngine:
         if request is None:
             return []
         self._forget(request)
-        self._batch.remove([request.uid])
-        return [Finished(request_id, "cancelled", request.prompt_tokens, request.generated)]
+        self._remove([request.uid])
+        return [Finished(request_id, "cancelled", request.prompt_tokens, request.generated, request.cached_tokens)]
 
     def abort_all(self, code: str, message: str) -> list[FromWorker]:
         out: list[FromWorker] = [Failed(rid, code, message) for rid in self._requests]
@@ -256,5 +278,6 @@ class MlxEngine:
         )
 
     def trim(self) -> None:
+        self.prompt_cache.clear()  # the memory is wanted: a cached prefix is only a saving
         gc.collect()
         mx.clear_cache()
