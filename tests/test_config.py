@@ -113,5 +113,22 @@ def test_presets_and_aliases_are_checked() -> None:
         parse_config("[[models]]\nname='a'\npath='p'\n[[models]]\nname='b'\npath='q'\naliases=['a']")
     with pytest.raises(ConfigError, match="options must be positive"):
         parse_config("[[models]]\nname='a'\npath='p'\n[models.options]\nbatch_size=0")
+    with pytest.raises(ConfigError, match="options must be positive"):
+        parse_config("[[models]]\nname='a'\npath='p'\n[models.options]\nprompt_cache_bytes=-1")
+    options = parse_config("[[models]]\nname='a'\npath='p'\n[models.options]\nprompt_cache_entries=0").models[0].options
+    assert options.prompt_cache_entries == 0  # 0 is allowed: it disables the prompt cache
+
+
+def test_kv_quantization_and_draft_options_are_checked() -> None:
+    model = "[[models]]\nname='a'\npath='p'\n[models.options]\n"
+    with pytest.raises(ConfigError, match="kv_bits"):
+        parse_config(model + "kv_bits=7")
+    with pytest.raises(ConfigError, match="kv_group_size"):
+        parse_config(model + "kv_bits=4\nkv_group_size=16")
+    with pytest.raises(ConfigError, match="options must be positive"):
+        parse_config(model + "draft_model='d'\nnum_draft_tokens=0")
+    assert not parse_config(model).models[0].options.sequential
+    assert parse_config(model + "kv_bits=4").models[0].options.sequential
+    assert parse_config(model + "draft_model='small'").models[0].options.sequential
     with pytest.raises(ConfigError, match="engine 'torch'"):
         parse_config("[[models]]\nname='a'\npath='p'\nengine='torch'")

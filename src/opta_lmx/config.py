@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -83,6 +84,26 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prefill_step_size: int = 2048
     # A rotating KV cache of at most this many tokens per request (0 = the whole context).
     max_kv_size: int = 0
+    # Finished requests' KV caches kept for reuse by prompts that start with the same tokens (the
+    # next turn of a conversation), least recently used dropped first; 0 entries disables it.
+    # 10 entries is mlx-lm server's default. 512 MiB matches memory.kv_headroom, the KV room
+    # admission reserves per model: an 8B model (128 KiB per token) keeps about 4k tokens of
+    # conversation, a small one far more; a memory squeeze empties it anyway (trim).
+    prompt_cache_entries: int = 10
+    prompt_cache_bytes: int = 512 * 1024 * 1024
+    # KV-cache quantization (bits per value, 0 = off), from the quantized_kv_start-th token of a
+    # request on; and a draft model (path) for speculative decoding, proposing num_draft_tokens
+    # tokens a step. mlx-lm's batch generator has neither, so either one makes the engine decode
+    # one request at a time (as mlx_lm.server does), without the prompt cache.
+    kv_bits: Literal[0, 2, 3, 4, 5, 6, 8] = 0
+    kv_group_size: Literal[32, 64, 128] = 64
+    quantized_kv_start: int = 5000
+    draft_model: str = ""
+    num_draft_tokens: int = 3
+
+    @property
+    def sequential(self) -> bool:
+        return bool(self.kv_bits or self.draft_model)
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -156,8 +177,15 @@ def _check(config: Config, source: str) -> None:
                 f"(use one of {', '.join(ENGINES)}, or \"package.module:Class\")"
             )
         options = model.options
-        if min(options.batch_size, options.prefill_batch_size, options.prefill_step_size) < 1 or options.max_kv_size < 0:
-            raise ConfigError(f"{source}: model {model.name!r}: options must be positive (max_kv_size >= 0)")
+        if min(
+            options.batch_size, options.prefill_batch_size, options.prefill_step_size, options.num_draft_tokens
+        ) < 1 or min(
+            options.max_kv_size, options.prompt_cache_entries, options.prompt_cache_bytes, options.quantized_kv_start
+        ) < 0:
+            raise ConfigError(
+                f"{source}: model {model.name!r}: options must be positive "
+                "(max_kv_size, prompt_cache_* and quantized_kv_start >= 0)"
+            )
         if model.preset is not None and model.preset not in config.presets:
             raise ConfigError(f"{source}: model {model.name!r}: no [presets.{model.preset}] table")
         for name in (model.name, *model.aliases):

@@ -9,7 +9,7 @@ import openai
 import pytest
 from mlx_lm.utils import load_tokenizer
 
-from tests.conftest import Server
+from tests.conftest import NO_EOS, Server
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -140,3 +140,28 @@ def test_logprobs_in_the_openai_shape(client: openai.OpenAI) -> None:
     assert plain.choices[0].logprobs is None
     with pytest.raises(openai.BadRequestError, match="top_logprobs"):
         client.chat.completions.create(model="tiny", messages=MESSAGES, top_logprobs=2)
+
+
+def test_a_follow_up_turn_reports_its_cached_prompt_tokens(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=16, temperature=0, logit_bias=NO_EOS
+    )
+    answer = first.choices[0].message.content
+    follow_up = [*MESSAGES, {"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
+    reply = client.chat.completions.create(model="tiny", messages=follow_up, max_tokens=4, temperature=0)
+    # The worker kept the first turn's cache: at least its whole prompt is reused.
+    cached = reply.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < reply.usage.prompt_tokens
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=follow_up,
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens == reply.usage.prompt_tokens
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1  # all but the last token

@@ -83,12 +83,17 @@ def test_role_and_finish_lines_keep_their_shape() -> None:
         {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
     ]
     assert role["usage"] is None
-    lines = stream.finish_line(Finished(1, "length", 5, 7)) + stream.end_lines()
+    lines = stream.finish_line(Finished(1, "length", 5, 7, 3)) + stream.end_lines()
     assert lines.endswith(DONE_LINE)
     finish, usage = (payload(part + b"\n\n") for part in lines[: -len(DONE_LINE)].split(b"\n\n")[:2])
     assert finish["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert usage["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 7,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 3},
+    }
     assert list(finish) == ["id", "object", "created", "model", "system_fingerprint", "choices", "usage"]
 
 
@@ -104,7 +109,12 @@ def test_n_choices_share_one_usage_with_the_prompt_counted_once() -> None:
     assert second["choices"] == [{"index": 1, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
     stream.finish_line(Finished(1, "length", 5, 7), index=0)
     usage = payload(stream.end_lines()[: -len(DONE_LINE)])
-    assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}
+    assert usage["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 10,
+        "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_tool_call_deltas_are_indexed_within_their_choice() -> None:

@@ -69,6 +69,7 @@ CASES = [
     (FromWorker, TokenChunk(7, "hello", 3)),
     (FromWorker, TokenChunk(7, "", 1, None, "", [ToolCall("call_2", "f", "{}")])),
     (FromWorker, Finished(7, "length", 12, 5)),
+    (FromWorker, Finished(7, "stop", 12, 5, 8)),
     (FromWorker, Failed(7, "context_length_exceeded", "too long")),
     (WorkerReport, Ready(PROTO_VERSION, "m", 2, 42, 2048, MEMORY, 0.5, 0.25)),
     (WorkerReport, Heartbeat(2, 100, 1, MEMORY)),
@@ -116,6 +117,12 @@ def test_token_chunk_is_compact() -> None:
     # The hot message is array-like: no field names on the wire.
     encoded = msgspec.msgpack.encode(TokenChunk(1, "a", 1))
     assert b"request_id" not in encoded and len(encoded) < 12
+
+
+def test_finished_from_an_older_worker_decodes_with_no_cached_tokens() -> None:
+    # Appended fields keep the wire compatible: a message without them takes the default.
+    old = msgspec.msgpack.encode(["f", 7, "length", 12, 5])
+    assert msgspec.msgpack.Decoder(FromWorker).decode(old) == Finished(7, "length", 12, 5, 0)
 
 
 def test_unknown_tag_is_a_decode_error_not_a_crash() -> None:

@@ -81,8 +81,9 @@ def generate(rid: int, content: str, **params: object) -> Generate:
 
 @pytest.fixture(scope="module")
 def reference(tiny_model: Path):
-    """One-at-a-time output (text, Finished) of a request, from an engine of its own."""
-    engine = MlxEngine("tiny", str(tiny_model))
+    """One-at-a-time output (text, Finished) of a request, from an engine of its own (with no
+    prompt cache: each reference is computed from scratch, never from an earlier one's prefix)."""
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(prompt_cache_entries=0))
     cache: dict[tuple, tuple[str, Finished]] = {}
 
     def run(content: str, **params: object) -> tuple[str, Finished]:

@@ -42,11 +42,17 @@ def _event(value: Any) -> bytes:
     return b"data: " + _json_line_safe(value) + b"\n\n"
 
 
-def usage(finished: list[Finished]) -> dict[str, int]:
-    """Of all choices: n choices of one prompt count the prompt once, as OpenAI does."""
+def usage(finished: list[Finished]) -> dict[str, Any]:
+    """Of all choices: n choices of one prompt count the prompt once, as OpenAI does.
+    ``cached_tokens`` are prompt tokens the engine's prompt cache supplied."""
     prompt = finished[0].prompt_tokens if finished else 0
     completion = sum(f.completion_tokens for f in finished)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": finished[0].cached_tokens if finished else 0},
+    }
 
 
 def finish_reason(finished: Finished) -> str:
@@ -83,7 +89,7 @@ class ChatStream:
         self._head, placeholder, self._tail = template.partition(_json_line_safe(_PLACEHOLDER))
         assert placeholder, "the content chunk template lost its placeholder"
 
-    def _line(self, choices: list[dict[str, Any]], usage_value: dict[str, int] | None = None) -> bytes:
+    def _line(self, choices: list[dict[str, Any]], usage_value: dict[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",

@@ -128,10 +128,14 @@ class TokenChunk(msgspec.Struct, tag="t", array_like=True, frozen=True):
 
 
 class Finished(msgspec.Struct, tag="f", array_like=True, frozen=True):
+    """``cached_tokens``: how many of the ``prompt_tokens`` came from the engine's prompt cache
+    (their KV state reused, not computed again)."""
+
     request_id: int
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 class Failed(msgspec.Struct, tag="e", array_like=True, frozen=True):

@@ -8,6 +8,9 @@ in the generator (eos, ``max_tokens``) has already left it.
 
 Text is made here, not in the generator: one incremental detokenizer and one ``StopMatcher`` per
 request, so stop strings split across tokens are never emitted.
+
+Every request that leaves the batch leaves its KV cache in the prompt cache (``mlx_prompt_cache``);
+a new prompt starts from the longest cached prefix of its tokens and prefills only the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch
 from opta_lmx.config import EngineOptions
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk, ToolCall
 from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars, json_schema_grammar, tool_call_grammar
+from opta_lmx.worker.engines.mlx_prompt_cache import PromptCache
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
+from opta_lmx.worker.engines.mlx_sequential import SequentialGenerator
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
@@ -42,6 +47,7 @@ class _Request:
     top_logprobs: int | None  # None: no logprobs asked for
     reasoning: ReasoningSplitter | None  # None: the model has no thinking markers
     tools: ToolCallSplitter | None  # None: no tools, or the model has no tool-call format
+    cached_tokens: int  # prompt tokens taken from the prompt cache
     generated: int = 0
 
 
@@ -51,7 +57,9 @@ class MlxEngine:
     ``options.batch_size`` caps the requests decoded together (more wait their turn, in order,
     already ``Started``); ``prefill_batch_size`` caps the prompts prefilled in one step, and
     ``prefill_step_size`` the tokens of each prompt per step, which bounds how much one step's
-    prefill can delay the tokens of the others.
+    prefill can delay the tokens of the others. ``prompt_cache_entries`` and
+    ``prompt_cache_bytes`` bound the prompt cache (``prompt_cache``), which ``trim`` empties.
+    ``kv_bits`` or a ``draft_model`` switch to one request at a time (``mlx_sequential``).
     """
 
     def __init__(self, model_name: str, path: str, options: EngineOptions = EngineOptions()) -> None:
@@ -60,7 +68,11 @@ class MlxEngine:
         self.ctx_len = int(config.get("max_position_embeddings") or _DEFAULT_CTX_LEN)
         self._eos = frozenset(self._tokenizer.eos_token_ids)
         self._options = options
+        # A draft model must share the tokenizer (its proposals are token ids of the model's).
+        self._draft = load(options.draft_model)[0] if options.draft_model else None
         self._batch = self._new_batch()
+        entries = 0 if options.sequential else options.prompt_cache_entries
+        self.prompt_cache = PromptCache(entries, options.prompt_cache_bytes)
         self._requests: dict[int, _Request] = {}
         self._by_uid: dict[int, _Request] = {}
         self._progress = 0
@@ -69,8 +81,20 @@ class MlxEngine:
         self._think = (tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None
         self._grammars = Grammars(tokenizer, int(config.get("vocab_size") or len(tokenizer)))
 
-    def _new_batch(self) -> BatchGenerator:
+    def _new_batch(self) -> BatchGenerator | SequentialGenerator:
         options = self._options
+        if options.sequential:
+            return SequentialGenerator(
+                self._model,
+                stop_tokens=[[t] for t in self._eos],
+                prefill_step_size=options.prefill_step_size,
+                max_kv_size=options.max_kv_size or None,
+                kv_bits=options.kv_bits or None,
+                kv_group_size=options.kv_group_size,
+                quantized_kv_start=options.quantized_kv_start,
+                draft_model=self._draft,
+                num_draft_tokens=options.num_draft_tokens,
+            )
         return BatchGenerator(
             self._model,
             stop_tokens=[[t] for t in self._eos],
@@ -126,9 +150,12 @@ class MlxEngine:
             constraint = self._constraint(request)
         except GrammarError as exc:
             return [Failed(rid, "invalid_request", str(exc))]
+        cache, cached = self.prompt_cache.fetch(prompt)
         (uid,) = self._batch.insert(
-            [prompt],
+            [prompt[cached:]],
             max_tokens=[max_tokens],
+            caches=[cache],  # None: the generator makes a fresh one
+            all_tokens=[prompt[:cached]],  # what the cache holds (penalties see the whole prompt)
             samplers=[sampler_for(params)],
             # The grammar's mask comes last: nothing after it may make a banned token likely.
             logits_processors=[logits_processors_for(params, self.ctx_len) + constraint],
@@ -143,6 +170,7 @@ class MlxEngine:
             top_logprobs=params.top_logprobs if params.logprobs else None,
             reasoning=self._reasoning_splitter(prompt),
             tools=self._tool_splitter(request),
+            cached_tokens=cached,
         )
         self._requests[rid] = entry
         self._by_uid[uid] = entry
@@ -194,14 +222,23 @@ class MlxEngine:
             _prompt_progress, generated = self._batch.next()
         except Exception as exc:  # the batch's state is unknown after a fault: fail it, start anew
             self._batch = self._new_batch()
+            self.prompt_cache.clear()  # with nothing carried over from that state either
             return out + self.abort_all("engine_error", f"{type(exc).__name__}: {exc}")
         leaving = []
         for response in generated:
             if not self._take(response, out) and response.finish_reason is None:
                 leaving.append(response.uid)  # it ended here, but the generator still holds it
+            if response.finish_reason is not None:  # the generator let it go, with its cache
+                self.prompt_cache.store(response.all_tokens, response.prompt_cache)
         if leaving:
-            self._batch.remove(leaving)
+            self._remove(leaving)
         return out
+
+    def _remove(self, uids: list[int]) -> None:
+        """Take requests out of the batch, keeping their caches (a cut-off answer or a
+        cancelled request's prompt is as good a prefix as any)."""
+        for cache, tokens in self._batch.remove(uids, return_prompt_caches=True).values():
+            self.prompt_cache.store(tokens, cache)
 
     def _take(self, response: GenerationBatch.Response, out: list[FromWorker]) -> bool:
         """Handle one sampled token; True while its request goes on."""
@@ -266,7 +303,9 @@ class MlxEngine:
                 reason = "tool_calls"
         if tail or reasoning or calls:
             out.append(TokenChunk(request.request_id, tail, 0, None, reasoning, calls))
-        out.append(Finished(request.request_id, reason, request.prompt_tokens, request.generated))
+        out.append(
+            Finished(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens)
+        )
 
     @staticmethod
     def _split(request: _Request, text: str, final: bool = False) -> tuple[str, str]:
@@ -288,8 +327,8 @@ class MlxEngine:
         if request is None:
             return []
         self._forget(request)
-        self._batch.remove([request.uid])
-        return [Finished(request_id, "cancelled", request.prompt_tokens, request.generated)]
+        self._remove([request.uid])
+        return [Finished(request_id, "cancelled", request.prompt_tokens, request.generated, request.cached_tokens)]
 
     def abort_all(self, code: str, message: str) -> list[FromWorker]:
         out: list[FromWorker] = [Failed(rid, code, message) for rid in self._requests]
@@ -307,6 +346,7 @@ class MlxEngine:
         )
 
     def trim(self) -> None:
+        self.prompt_cache.clear()  # the memory is wanted: a cached prefix is only a saving
         gc.collect()
         mx.clear_cache()
 

@@ -1,0 +1,143 @@
+"""One request at a time through mlx-lm's ``generate_step`` or ``speculative_generate_step``: the
+path for KV-cache quantization and draft models, which ``BatchGenerator`` lacks (mlx_lm.server
+also drops to one request at a time for them). It speaks the part of ``BatchGenerator``'s
+interface that ``MlxEngine`` uses, so the engine's text, stop, tool and cancel handling is the
+same on both paths; requests wait their turn in order, already ``Started``.
+
+Requests with a grammar run without the draft model: a speculative step calls the logits
+processors for draft positions that may be rolled back, and a grammar's state cannot step back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import mlx.core as mx
+from mlx_lm.generate import generate_step, speculative_generate_step
+from mlx_lm.models.cache import make_prompt_cache
+
+from opta_lmx.worker.engines.mlx_grammar import GrammarProcessor
+
+
+@dataclass
+class Response:
+    """The fields of ``GenerationBatch.Response`` the engine reads."""
+
+    uid: int
+    token: int
+    logprobs: mx.array
+    finish_reason: str | None
+    prompt_cache: Any = None  # no prompt cache on this path
+    all_tokens: Any = None
+
+
+@dataclass
+class _Sequence:
+    uid: int
+    prompt: list[int]
+    max_tokens: int
+    sampler: Callable[[mx.array], mx.array] | None
+    processors: list[Any]
+    steps: Iterator[tuple[Any, ...]] | None = None
+    generated: int = 0
+
+
+class SequentialGenerator:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        stop_tokens: list[list[int]],
+        prefill_step_size: int,
+        max_kv_size: int | None,
+        kv_bits: int | None,
+        kv_group_size: int,
+        quantized_kv_start: int,
+        draft_model: Any = None,
+        num_draft_tokens: int = 3,
+    ) -> None:
+        self.model = model
+        self._eos = {t for tokens in stop_tokens for t in tokens}
+        self._prefill_step_size = prefill_step_size
+        self._max_kv_size = max_kv_size
+        self._kv = {"kv_bits": kv_bits, "kv_group_size": kv_group_size, "quantized_kv_start": quantized_kv_start}
+        self._draft_model = draft_model
+        self._num_draft_tokens = num_draft_tokens
+        self._waiting: deque[_Sequence] = deque()
+        self._current: _Sequence | None = None
+        self._next_uid = 0
+
+    def insert(
+        self,
+        prompts: list[list[int]],
+        max_tokens: list[int],
+        caches: list[Any] | None = None,
+        all_tokens: list[list[int]] | None = None,
+        samplers: list[Any] | None = None,
+        logits_processors: list[list[Any]] | None = None,
+    ) -> list[int]:
+        uids = []
+        for i, prompt in enumerate(prompts):
+            if (caches and caches[i] is not None) or (all_tokens and all_tokens[i]):
+                raise ValueError("the sequential generator takes whole prompts, not cached prefixes")
+            uid, self._next_uid = self._next_uid, self._next_uid + 1
+            sampler = samplers[i] if samplers else None
+            processors = list(logits_processors[i]) if logits_processors else []
+            self._waiting.append(_Sequence(uid, list(prompt), max_tokens[i], sampler, processors))
+            uids.append(uid)
+        return uids
+
+    def _start(self, sequence: _Sequence) -> Iterator[tuple[Any, ...]]:
+        prompt = mx.array(sequence.prompt, dtype=mx.uint32)
+        common = dict(
+            max_tokens=sequence.max_tokens,
+            sampler=sequence.sampler,
+            logits_processors=sequence.processors or None,
+            prefill_step_size=self._prefill_step_size,
+            **self._kv,
+        )
+        grammar = any(isinstance(p, GrammarProcessor) for p in sequence.processors)
+        if self._draft_model is not None and not grammar:
+            cache = make_prompt_cache(self.model) + make_prompt_cache(self._draft_model)
+            return speculative_generate_step(
+                prompt,
+                self.model,
+                self._draft_model,
+                num_draft_tokens=self._num_draft_tokens,
+                prompt_cache=cache,
+                **common,
+            )
+        return generate_step(prompt, self.model, max_kv_size=self._max_kv_size, **common)
+
+    def next(self) -> tuple[list[Any], list[Response]]:
+        if self._current is None:
+            if not self._waiting:
+                return [], []
+            self._current = self._waiting.popleft()
+            self._current.steps = self._start(self._current)
+        sequence = self._current
+        assert sequence.steps is not None
+        try:
+            token, logprobs, *_ = next(sequence.steps)
+        except StopIteration:  # never: a request leaves at its max_tokens-th token, before this
+            self._current = None
+            raise RuntimeError("generation ended without a finish reason") from None
+        token = int(token)
+        sequence.generated += 1
+        reason = None
+        if token in self._eos:
+            reason = "stop"
+        elif sequence.generated >= sequence.max_tokens:
+            reason = "length"
+        if reason is not None:
+            self._current = None
+        return [], [Response(sequence.uid, token, logprobs, reason)]
+
+    def remove(self, uids: list[int], return_prompt_caches: bool = False) -> dict[int, Any]:
+        gone = set(uids)
+        self._waiting = deque(s for s in self._waiting if s.uid not in gone)
+        if self._current is not None and self._current.uid in gone:
+            self._current = None  # the generator object is dropped with its KV cache
+        return {}
