@@ -266,3 +266,18 @@ def test_abort_all_fails_every_request(engine) -> None:
     assert isinstance(transcript.add(engine.submit(generate(9, PROMPTS[0], max_tokens=3)))[0], Started)  # usable
     drain(engine, transcript)
     assert transcript.terminal(9).completion_tokens == 3
+
+
+def test_max_kv_size_bounds_the_attention_window(tiny_model: Path, reference) -> None:
+    # mlx-lm ignores max_kv_size for models that build their own caches (llama does): the engine
+    # must bound it itself. Same output while everything fits the window, another once it rotates.
+    window = 48
+    bounded = MlxEngine("tiny", str(tiny_model), EngineOptions(max_kv_size=window, prompt_cache_entries=0))
+    transcript = Transcript()
+    transcript.add(bounded.submit(generate(0, PROMPTS[0], max_tokens=120)))
+    drain(bounded, transcript)
+    unbounded, finished = reference(PROMPTS[0], max_tokens=120)
+    fits, _ = reference(PROMPTS[0], max_tokens=window - finished.prompt_tokens)
+    assert transcript.text(0).startswith(fits)
+    assert transcript.text(0) != unbounded
+    assert transcript.terminal(0).completion_tokens == 120

@@ -22,6 +22,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.generate import BatchGenerator, GenerationBatch
+from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from opta_lmx.config import EngineOptions
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk, ToolCall
@@ -88,7 +89,6 @@ class MlxEngine:
                 self._model,
                 stop_tokens=[[t] for t in self._eos],
                 prefill_step_size=options.prefill_step_size,
-                max_kv_size=options.max_kv_size or None,
                 kv_bits=options.kv_bits or None,
                 kv_group_size=options.kv_group_size,
                 quantized_kv_start=options.quantized_kv_start,
@@ -154,7 +154,7 @@ class MlxEngine:
         (uid,) = self._batch.insert(
             [prompt[cached:]],
             max_tokens=[max_tokens],
-            caches=[cache],  # None: the generator makes a fresh one
+            caches=[cache if cache is not None else self._fresh_cache()],  # None: the generator's own
             all_tokens=[prompt[:cached]],  # what the cache holds (penalties see the whole prompt)
             samplers=[sampler_for(params)],
             # The grammar's mask comes last: nothing after it may make a banned token likely.
@@ -179,6 +179,16 @@ class MlxEngine:
         if request.echo:
             out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
         return out
+
+    def _fresh_cache(self) -> list[Any] | None:
+        """With ``max_kv_size``, the model's cache with its full-attention layers bounded to that
+        many tokens; else None (the generator builds the model's own). mlx-lm's
+        ``make_prompt_cache`` drops ``max_kv_size`` for models that build their own caches, which
+        most do, so the bound is applied here."""
+        size = self._options.max_kv_size
+        if not size:
+            return None
+        return [RotatingKVCache(max_size=size, keep=4) if type(c) is KVCache else c for c in make_prompt_cache(self._model)]
 
     def _constraint(self, request: Generate) -> list[Any]:
         """The grammar processor the request needs (a forced tool call, or a JSON schema), if any."""

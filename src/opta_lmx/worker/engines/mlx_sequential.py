@@ -40,6 +40,7 @@ class _Sequence:
     max_tokens: int
     sampler: Callable[[mx.array], mx.array] | None
     processors: list[Any]
+    cache: list[Any] | None = None  # a fresh cache to use (bounded by max_kv_size), or None
     steps: Iterator[tuple[Any, ...]] | None = None
     generated: int = 0
 
@@ -51,7 +52,6 @@ class SequentialGenerator:
         *,
         stop_tokens: list[list[int]],
         prefill_step_size: int,
-        max_kv_size: int | None,
         kv_bits: int | None,
         kv_group_size: int,
         quantized_kv_start: int,
@@ -61,7 +61,6 @@ class SequentialGenerator:
         self.model = model
         self._eos = {t for tokens in stop_tokens for t in tokens}
         self._prefill_step_size = prefill_step_size
-        self._max_kv_size = max_kv_size
         self._kv = {"kv_bits": kv_bits, "kv_group_size": kv_group_size, "quantized_kv_start": quantized_kv_start}
         self._draft_model = draft_model
         self._num_draft_tokens = num_draft_tokens
@@ -80,12 +79,13 @@ class SequentialGenerator:
     ) -> list[int]:
         uids = []
         for i, prompt in enumerate(prompts):
-            if (caches and caches[i] is not None) or (all_tokens and all_tokens[i]):
+            if all_tokens and all_tokens[i]:
                 raise ValueError("the sequential generator takes whole prompts, not cached prefixes")
             uid, self._next_uid = self._next_uid, self._next_uid + 1
             sampler = samplers[i] if samplers else None
             processors = list(logits_processors[i]) if logits_processors else []
-            self._waiting.append(_Sequence(uid, list(prompt), max_tokens[i], sampler, processors))
+            cache = caches[i] if caches else None
+            self._waiting.append(_Sequence(uid, list(prompt), max_tokens[i], sampler, processors, cache))
             uids.append(uid)
         return uids
 
@@ -100,6 +100,7 @@ class SequentialGenerator:
         )
         grammar = any(isinstance(p, GrammarProcessor) for p in sequence.processors)
         if self._draft_model is not None and not grammar:
+            # Speculation rolls the cache back, which a rotating cache cannot: no max_kv_size here.
             cache = make_prompt_cache(self.model) + make_prompt_cache(self._draft_model)
             return speculative_generate_step(
                 prompt,
@@ -109,7 +110,7 @@ class SequentialGenerator:
                 prompt_cache=cache,
                 **common,
             )
-        return generate_step(prompt, self.model, max_kv_size=self._max_kv_size, **common)
+        return generate_step(prompt, self.model, prompt_cache=sequence.cache, **common)
 
     def next(self) -> tuple[list[Any], list[Response]]:
         if self._current is None:
