@@ -64,6 +64,23 @@ def test_streamed_choices_carry_their_index_and_usage(client: openai.OpenAI) -> 
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
 
 
+def test_logprobs_in_the_completions_shape_stream_and_not(client: openai.OpenAI) -> None:
+    args = dict(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, logprobs=3, logit_bias={"2": -100})
+    reply = client.completions.create(**args)  # type: ignore[call-overload]
+    choice = reply.choices[0]
+    lp = choice.logprobs
+    assert lp is not None and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert "".join(lp.tokens) == choice.text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(8)]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert logprob <= 0 and len(top) <= 3
+        assert max(top.values()) == pytest.approx(logprob, abs=1e-4)  # greedy: the chosen token is the likeliest
+    streamed = [c.choices[0] for c in client.completions.create(**args, stream=True) if c.choices and c.choices[0].logprobs]  # type: ignore[call-overload]
+    assert [t for c in streamed for t in c.logprobs.tokens] == lp.tokens
+    assert [o for c in streamed for o in c.logprobs.text_offset] == lp.text_offset
+    assert client.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices[0].logprobs is None
+
+
 @pytest.mark.parametrize(
     ("change", "status", "param"),
     [
@@ -71,6 +88,8 @@ def test_streamed_choices_carry_their_index_and_usage(client: openai.OpenAI) -> 
         ({"prompt": []}, 400, "prompt"),
         ({"prompt": ["a", 3]}, 400, "prompt"),
         ({"n": 17}, 400, "n"),
+        ({"logprobs": 21}, 400, "logprobs"),
+        ({"logprobs": 2, "echo": True}, 400, "logprobs"),
         ({"prompt": [10**9]}, 400, None),
         ({"model": "nope"}, 404, "model"),
     ],

@@ -3,6 +3,8 @@
 ``prompt`` may be a string, a list of strings, a list of token ids or a list of such lists; each
 prompt (times ``n``) is one choice, generated in the same batch. ``echo`` puts the prompt in
 front of the text. ``suffix`` (insertion) is refused: the engine does not fill in the middle.
+``logprobs`` (the number of alternatives per token) gives the legacy ``tokens``/``token_logprobs``/
+``top_logprobs``/``text_offset`` object, for the generated tokens (not with ``echo``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from opta_lmx.gateway.generation import Collected, Job, after_load, collect_all,
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.schemas import MAX_CHOICES, Bias, Penalty, StreamOptions, validation_error
 from opta_lmx.gateway.state import GatewayState
-from opta_lmx.proto import Finished, TokenChunk
+from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs
 
 _json = msgspec.json.Encoder()
 
@@ -52,7 +54,7 @@ class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
-    logprobs: int | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     best_of: int | None = None
 
 
@@ -68,8 +70,11 @@ def decode_completion_request(body: bytes) -> CompletionRequest:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if request.suffix:
         raise UnsupportedParameter("Unsupported parameter: 'suffix' (insertion) is not supported.", param="suffix")
-    if request.logprobs:
-        raise UnsupportedParameter("Unsupported parameter: 'logprobs' on /v1/completions is not supported yet.", param="logprobs")
+    if request.logprobs is not None and request.echo:
+        raise UnsupportedParameter(
+            "Unsupported parameter: 'logprobs' with 'echo' (the prompt's log probabilities) is not supported.",
+            param="logprobs",
+        )
     if request.best_of not in (None, 1):
         raise UnsupportedParameter("Unsupported parameter: 'best_of' is not supported.", param="best_of")
     return request
@@ -101,12 +106,15 @@ async def completions(request: Request) -> Response:
     if len(each) * body.n > MAX_CHOICES:
         raise InvalidRequest(f"At most {MAX_CHOICES} choices (prompts x n) per request.", param="n")
     params = sampling_params(body, preset)
+    if body.logprobs is not None:
+        params = msgspec.structs.replace(params, logprobs=True, top_logprobs=body.logprobs)
     jobs = [
         Job(model.name, {**fields, "echo": body.echo, "params": nth_seed(params, i)})
         for fields in each
         for i in range(body.n)
     ]
-    shape = TextCompletion(model.name, body.stream_options is not None and body.stream_options.include_usage)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    shape = TextCompletion(model.name, include_usage, logprobs=body.logprobs is not None)
     if body.stream:
         if not running:
             return sse(after_load(state, jobs, lambda p: _stream(state, p, shape), error_line))
@@ -120,11 +128,16 @@ async def completions(request: Request) -> Response:
 
 async def _stream(state: GatewayState, pendings: list[Pending], shape: TextCompletion) -> AsyncIterator[bytes]:
     usage = [0, 0]
+    offsets = [0] * len(pendings)  # text_offset goes on from chunk to chunk
     try:
         async with aclosing(merged(state, pendings)) as messages:
             async for index, message in messages:
                 if isinstance(message, TokenChunk):
-                    yield shape.line([_choice(index, message.text, None)])
+                    logprobs = None
+                    if message.logprobs is not None:
+                        logprobs = legacy_logprobs(message.logprobs, offsets[index])
+                    offsets[index] += len(message.text)
+                    yield shape.line([_choice(index, message.text, None, logprobs)])
                 elif isinstance(message, Finished):
                     usage[0] += message.prompt_tokens
                     usage[1] += message.completion_tokens
@@ -140,8 +153,32 @@ def _reason(finished: Finished) -> str:
     return "length" if finished.finish_reason == "length" else "stop"
 
 
-def _choice(index: int, text: str, reason: str | None) -> dict[str, Any]:
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
+def _choice(index: int, text: str, reason: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
+
+
+def _top(entry: TokenLogprobs) -> dict[str, float]:
+    # Keyed by text, so two tokens that read the same (bytes of one character) share a key: the
+    # likelier one keeps it (``top`` is sorted likeliest first).
+    top: dict[str, float] = {}
+    for alternative in entry.top:
+        top.setdefault(alternative.token, alternative.logprob)
+    return top
+
+
+def legacy_logprobs(entries: list[TokenLogprobs], offset: int = 0) -> dict[str, Any]:
+    """The completions API's ``logprobs`` object; ``text_offset`` counts characters from
+    ``offset`` (where these tokens' text begins in the choice's text)."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [_top(e) for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -151,8 +188,9 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 class TextCompletion:
     """The ``text_completion`` objects of one request."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, logprobs: bool = False) -> None:
         self.id = f"cmpl-{secrets.token_hex(12)}"
+        self.logprobs = logprobs
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -174,7 +212,12 @@ class TextCompletion:
         return b"data: " + _json.encode(chunk) + b"\n\n"
 
     def whole(self, collected: list[Collected]) -> dict[str, Any]:
-        reply = self._object([_choice(i, c.text, _reason(c.finished)) for i, c in enumerate(collected)])
+        reply = self._object(
+            [
+                _choice(i, c.text, _reason(c.finished), legacy_logprobs(c.logprobs) if self.logprobs else None)
+                for i, c in enumerate(collected)
+            ]
+        )
         # The prompt counts once per distinct prompt in OpenAI's usage; n copies share it.
         reply["usage"] = _usage(
             sum(c.finished.prompt_tokens for c in collected), sum(c.finished.completion_tokens for c in collected)

@@ -130,6 +130,16 @@ class MlxEngine:
             prompt = self.prompt_tokens(request)
         except Exception as exc:  # the chat template rejected the messages (jinja raise)
             return [Failed(rid, "invalid_request", f"chat template failed: {exc}")]
+        try:
+            constraint = self._constraint(request)
+        except GrammarError as exc:
+            return [Failed(rid, "invalid_request", str(exc))]
+        reasoning = self._reasoning_splitter(prompt)
+        if constraint and reasoning is not None and reasoning.inside:
+            # A grammar holds from the first token: close the thinking block the template opened
+            # (as templates do with thinking switched off), so the constrained text is the answer.
+            prompt = prompt + self._tokenizer.encode(self._think[1] + "\n\n", add_special_tokens=False)
+            reasoning = self._reasoning_splitter(prompt)
         room = self.ctx_len - len(prompt)
         if room <= 0 or not prompt:
             return [
@@ -146,10 +156,6 @@ class MlxEngine:
             return [Failed(rid, "invalid_request", "max_tokens must be at least 1")]
         if any(not 0 <= t < len(self._tokenizer) for t in (*(request.prompt_ids or ()), *params.logit_bias)):
             return [Failed(rid, "invalid_request", f"token ids must be in 0..{len(self._tokenizer) - 1}")]
-        try:
-            constraint = self._constraint(request)
-        except GrammarError as exc:
-            return [Failed(rid, "invalid_request", str(exc))]
         cache, cached = self.prompt_cache.fetch(prompt)
         (uid,) = self._batch.insert(
             [prompt[cached:]],
@@ -168,7 +174,7 @@ class MlxEngine:
             detokenizer=self._tokenizer.detokenizer,
             stops=StopMatcher(params.stop),
             top_logprobs=params.top_logprobs if params.logprobs else None,
-            reasoning=self._reasoning_splitter(prompt),
+            reasoning=reasoning,
             tools=self._tool_splitter(request),
             cached_tokens=cached,
         )
