@@ -232,6 +232,10 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
                           f"server {stats.server_cpu_cores or 0:.2f} client {stats.client_cpu_cores or 0:.2f} "
                           f"other {stats.other_cpu_cores or 0:.2f}", file=sys.stderr, flush=True)
         for target in targets:
+            if target.server is not None and target.server.name == servers.OPTA:
+                print("  hot swap: first token of a model not yet loaded ...", file=sys.stderr, flush=True)
+                target.result["hot_swap"] = probes.hot_swap(target.server, model.get("inprocess_load_s"))
+        for target in targets:
             if target.server is not None and target.server.name == servers.OPTA and not args.no_crash:
                 print("  crash recovery: SIGKILL the Opta-LMX worker ...", file=sys.stderr, flush=True)
                 target.result["crash_recovery"] = probes.crash_recovery(target.server)
@@ -279,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_start": os.getloadavg(),
         },
         "models": {},
-        "hot_swap": report.HOT_SWAP,
     }
     if args.models:
         sizes = [m.strip() for m in args.models.split(",") if m.strip()]

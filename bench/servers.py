@@ -104,7 +104,12 @@ def start_opta(model_dir: Path, work_dir: Path, timeout_s: float) -> Server:
     home = work_dir / "opta-home"
     home.mkdir(parents=True, exist_ok=True)
     config = work_dir / "opta-lmx.toml"
-    config.write_text(f'[[models]]\nname = "bench"\npath = "{model_dir}"\n', encoding="utf-8")
+    # A second name for the same weights, loaded only on demand: the hot-swap probe's model.
+    config.write_text(
+        f'[[models]]\nname = "bench"\npath = "{model_dir}"\n\n'
+        f'[[models]]\nname = "bench-swap"\npath = "{model_dir}"\nload_on_start = false\n',
+        encoding="utf-8",
+    )
     port = free_port()
     env = dict(os.environ, OPTA_LMX_HOME=str(home))
     t0 = time.perf_counter()

@@ -74,7 +74,7 @@ class Preset(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Performance options of the MLX engine (continuous batching)."""
+    """Performance options of a model's worker: the MLX engine's, and how it streams."""
 
     # Requests decoded together; more wait their turn.
     batch_size: int = 32
@@ -100,6 +100,10 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     quantized_kv_start: int = 5000
     draft_model: str = ""
     num_draft_tokens: int = 3
+    # How long generated text may wait in the worker to leave with the next step's (one message
+    # for several tokens): only while steps are quicker than this, so a model whose steps take
+    # longer streams every token at once. 0 sends every step's tokens at once.
+    stream_interval_ms: float = 4.0
 
     @property
     def sequential(self) -> bool:
@@ -180,11 +184,15 @@ def _check(config: Config, source: str) -> None:
         if min(
             options.batch_size, options.prefill_batch_size, options.prefill_step_size, options.num_draft_tokens
         ) < 1 or min(
-            options.max_kv_size, options.prompt_cache_entries, options.prompt_cache_bytes, options.quantized_kv_start
+            options.max_kv_size,
+            options.prompt_cache_entries,
+            options.prompt_cache_bytes,
+            options.quantized_kv_start,
+            options.stream_interval_ms,
         ) < 0:
             raise ConfigError(
                 f"{source}: model {model.name!r}: options must be positive "
-                "(max_kv_size, prompt_cache_* and quantized_kv_start >= 0)"
+                "(max_kv_size, prompt_cache_*, quantized_kv_start and stream_interval_ms >= 0)"
             )
         if model.preset is not None and model.preset not in config.presets:
             raise ConfigError(f"{source}: model {model.name!r}: no [presets.{model.preset}] table")

@@ -165,3 +165,25 @@ def test_a_follow_up_turn_reports_its_cached_prompt_tokens(client: openai.OpenAI
     usage = chunks[-1].usage
     assert usage.prompt_tokens == reply.usage.prompt_tokens
     assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1  # all but the last token
+
+
+def test_stream_interval_sets_how_many_tokens_a_chunk_carries(make_server, tiny_model: Path) -> None:
+    # The same weights twice: one worker sends every step at once, one holds text up to 300 ms.
+    config = "".join(
+        f'[[models]]\nname = "{name}"\npath = "{tiny_model}"\n[models.options]\nstream_interval_ms = {ms}\n'
+        for name, ms in (("eager", 0), ("held", 300))
+    )
+    server = make_server(config)
+    server.wait_models()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    try:
+        counts = {}
+        for name in ("eager", "held"):
+            chunks = client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=48, temperature=0,
+                logit_bias={"2": -100}, stream=True,
+            )
+            counts[name] = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+        assert counts["held"] * 3 < counts["eager"], counts
+    finally:
+        client.close()

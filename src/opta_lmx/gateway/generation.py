@@ -75,12 +75,15 @@ async def prepare_all(state: GatewayState, jobs: list[Job]) -> list[Pending]:
 async def next_message(state: GatewayState, pending: Pending) -> FromWorker:
     """The next worker message; a terminal Failed or a gateway-side error is raised."""
     try:
-        async with asyncio.timeout(state.config.server.inter_token_timeout):
-            message = await pending.queue.get()
-    except TimeoutError:
-        raise GenerationTimeout(
-            f"No output from the model for {state.config.server.inter_token_timeout:g}s."
-        ) from None
+        message = pending.queue.get_nowait()  # under load one is often waiting: no timer to arm
+    except asyncio.QueueEmpty:
+        try:
+            async with asyncio.timeout(state.config.server.inter_token_timeout):
+                message = await pending.queue.get()
+        except TimeoutError:
+            raise GenerationTimeout(
+                f"No output from the model for {state.config.server.inter_token_timeout:g}s."
+            ) from None
     if isinstance(message, ApiError):
         raise message
     if isinstance(message, Failed):

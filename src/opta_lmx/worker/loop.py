@@ -6,7 +6,8 @@ blocking, so a Cancel takes effect within one decode step.
 
 Messages leave through an ``Outbox``: what a step produced for all its requests goes as one
 multipart message (a frame per worker message), and when steps are faster than
-``STREAM_INTERVAL`` token chunks wait a few steps to leave together. Each message costs the
+the stream interval (``[models.options] stream_interval_ms``) token chunks wait a few steps to
+leave together. Each message costs the
 gateway a wake-up and each chunk the client an SSE event, CPU that a small model's engine is
 competing for on the same cores.
 """
@@ -24,9 +25,9 @@ from opta_lmx.worker.engines.base import Engine
 from opta_lmx.worker.liveness import Heartbeats
 
 _IDLE_POLL_MS = 100
-# How long token chunks may wait to leave together. Only steps faster than this make them wait
-# (the tiny demo model, a step every ~1.5 ms: ~3 tokens a message instead of 1); a model whose
-# steps take longer is streamed exactly as before, one message per step.
+# The default of how long token chunks may wait to leave together. Only steps faster than this make
+# them wait (the tiny demo model, a step every ~1.5 ms: ~3 tokens a message instead of 1); a model
+# whose steps take longer is streamed exactly as before, one message per step.
 STREAM_INTERVAL = 0.004
 
 

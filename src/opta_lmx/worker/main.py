@@ -132,7 +132,7 @@ def serve(context: zmq.Context, args: argparse.Namespace, began: float) -> int:
 
     from opta_lmx.worker.loop import ModelLoop
 
-    ModelLoop(data, engine, heartbeats).run()
+    ModelLoop(data, engine, heartbeats, options.stream_interval_ms / 1000).run()
     # The heartbeat thread owns the control socket: let it leave its poll before closing.
     heartbeats.stop_now()
     heartbeats.join(timeout=2 * args.heartbeat_interval + 1)
