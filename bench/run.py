@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm-mlx-python", help="python of a separate venv where `import vllm_mlx` works")
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process limit")
     p.add_argument("--no-crash", action="store_true", help="skip the Opta-LMX crash-recovery probe")
+    p.add_argument("--opta-options", default="", help="TOML lines for the bench model's [models.options] (A/B runs)")
     p.add_argument("--cache-dir", type=Path, default=BENCH / ".cache", help="where demo models are built")
     p.add_argument("--results-dir", type=Path, default=BENCH / "results")
     return p.parse_args(argv)
@@ -185,7 +186,7 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
     }
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     starters: dict[str, Callable[[], servers.Server]] = {
-        servers.OPTA: lambda: servers.start_opta(model_dir, work_dir / size / "opta", start_timeout),
+        servers.OPTA: lambda: servers.start_opta(model_dir, work_dir / size / "opta", start_timeout, args.opta_options),
         servers.MLX_LM: lambda: servers.start_mlx_lm(model_dir, work_dir / size / "mlx_lm", start_timeout),
     }
     if args.vllm_mlx_python:

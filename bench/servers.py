@@ -99,14 +99,15 @@ def venv_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def start_opta(model_dir: Path, work_dir: Path, timeout_s: float) -> Server:
-    """``opta-lmx serve`` with a one-model config; ready when /health says the model is RUNNING."""
+def start_opta(model_dir: Path, work_dir: Path, timeout_s: float, options: str = "") -> Server:
+    """``opta-lmx serve`` with a one-model config; ready when /health says the model is RUNNING.
+    ``options`` is TOML for the model's ``[models.options]`` table (for A/B runs)."""
     home = work_dir / "opta-home"
     home.mkdir(parents=True, exist_ok=True)
     config = work_dir / "opta-lmx.toml"
     # A second name for the same weights, loaded only on demand: the hot-swap probe's model.
     config.write_text(
-        f'[[models]]\nname = "bench"\npath = "{model_dir}"\n\n'
+        f'[[models]]\nname = "bench"\npath = "{model_dir}"\n[models.options]\n{options}\n\n'
         f'[[models]]\nname = "bench-swap"\npath = "{model_dir}"\nload_on_start = false\n',
         encoding="utf-8",
     )
