@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 from contextlib import aclosing
+from functools import partial
 from typing import Any, AsyncIterator
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from opta_lmx.config import ModelConfig, Preset
 from opta_lmx.errors import ApiError, ModelNotFound, ServerShuttingDown
 from opta_lmx.gateway.completions import ChatStream, chat_completion, error_line
-from opta_lmx.gateway.generation import Job, after_load, collect_all, merged, prepare_all, sse, unless_disconnected
+from opta_lmx.gateway.generation import Job, merged, respond
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.schemas import (
     ChatCompletionRequest,
+    GenerationFields,
     NamedToolChoice,
     decode_chat_request,
     logit_bias_ids,
@@ -51,18 +53,12 @@ async def chat_completions(request: Request) -> Response:
     fields = {"messages": _messages(body), **_constraints(body)}
     params = sampling_params(body, preset)
     jobs = [Job(model.name, {**fields, "params": nth_seed(params, i)}) for i in range(body.n)]
+    lines = None
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        stream = ChatStream(model.name, include_usage)
-        if not running:
-            # A load can take long: answer now and keep the connection warm with SSE comments.
-            return sse(after_load(state, jobs, lambda p: _stream(state, p, stream), error_line))
-        return sse(_stream(state, await prepare_all(state, jobs), stream))
-    pendings = await prepare_all(state, jobs)
-    collected = await unless_disconnected(request, collect_all(state, pendings))
-    if collected is None:
-        return Response(status_code=499)
-    return JSONResponse(chat_completion(model.name, collected, with_logprobs=body.logprobs is True))
+        lines = partial(_stream, state, stream=ChatStream(model.name, include_usage))
+    whole = partial(chat_completion, model.name, with_logprobs=body.logprobs is True)
+    return await respond(request, state, jobs, running, lines, whole, error_line)
 
 
 def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
@@ -112,7 +108,7 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-def sampling_params(body: Any, preset: Preset) -> SamplingParams:
+def sampling_params(body: GenerationFields, preset: Preset) -> SamplingParams:
     """The request's sampling values; where it has none, the model's preset's; else the API's.
 
     ``body`` is a chat or a text completion request (they share these fields)."""

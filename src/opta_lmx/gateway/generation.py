@@ -13,7 +13,7 @@ from contextlib import aclosing
 from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from opta_lmx.errors import ApiError, GenerationTimeout, failure_to_error
 from opta_lmx.gateway.link import Pending
@@ -181,6 +181,29 @@ async def unless_disconnected(request: Request, work: Awaitable[Any]) -> Any | N
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def respond(
+    request: Request,
+    state: GatewayState,
+    jobs: list[Job],
+    running: bool,
+    stream: Callable[[list[Pending]], AsyncIterator[bytes]] | None,
+    whole: Callable[[list[Collected]], dict[str, Any]],
+    error_line: Callable[[ApiError], bytes],
+) -> Response:
+    """A route's answer: an SSE stream (``stream`` shapes its lines) or one JSON object
+    (``whole`` shapes it from every choice's collected output); 499 if the client left."""
+    if stream is not None:
+        if not running:
+            # A load can take long: answer now and keep the connection warm with SSE comments.
+            return sse(after_load(state, jobs, stream, error_line))
+        return sse(stream(await prepare_all(state, jobs)))
+    pendings = await prepare_all(state, jobs)
+    collected = await unless_disconnected(request, collect_all(state, pendings))
+    if collected is None:
+        return Response(status_code=499)
+    return JSONResponse(whole(collected))
 
 
 async def after_load(

@@ -96,26 +96,31 @@ Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 MAX_CHOICES = 16
 
 
-class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
+class GenerationFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The fields chat and text completions share, with the same meaning and bounds."""
+
     model: str
-    messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    user: str | None = None
     n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
+    user: str | None = None
+    seed: int | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    seed: int | None = None
     logit_bias: dict[str, Bias] | None = None
     # Not in OpenAI's API; what vLLM, llama.cpp and LM Studio accept under the same names.
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+
+
+class ChatCompletionRequest(GenerationFields, kw_only=True, forbid_unknown_fields=True):
+    messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None

@@ -12,19 +12,20 @@ from __future__ import annotations
 import secrets
 import time
 from contextlib import aclosing
+from functools import partial
 from typing import Annotated, Any, AsyncIterator
 
 import msgspec
 from msgspec import Meta
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from opta_lmx.errors import ApiError, InvalidRequest, UnsupportedParameter
 from opta_lmx.gateway.chat import nth_seed, resolve, sampling_params
 from opta_lmx.gateway.completions import error_line
-from opta_lmx.gateway.generation import Collected, Job, after_load, collect_all, merged, prepare_all, sse, unless_disconnected
+from opta_lmx.gateway.generation import Collected, Job, merged, respond
 from opta_lmx.gateway.link import Pending
-from opta_lmx.gateway.schemas import MAX_CHOICES, Bias, Penalty, StreamOptions, validation_error
+from opta_lmx.gateway.schemas import MAX_CHOICES, GenerationFields, validation_error
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs
 
@@ -34,26 +35,10 @@ _json = msgspec.json.Encoder()
 Prompt = str | list[str | int | list[int]]
 
 
-class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    model: str
+class CompletionRequest(GenerationFields, kw_only=True, forbid_unknown_fields=True):
     prompt: Prompt
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
     echo: bool = False
     suffix: str | None = None
-    user: str | None = None
-    seed: int | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Bias] | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
-    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
-    repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     best_of: int | None = None
 
@@ -115,15 +100,8 @@ async def completions(request: Request) -> Response:
     ]
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     shape = TextCompletion(model.name, include_usage, logprobs=body.logprobs is not None)
-    if body.stream:
-        if not running:
-            return sse(after_load(state, jobs, lambda p: _stream(state, p, shape), error_line))
-        return sse(_stream(state, await prepare_all(state, jobs), shape))
-    pendings = await prepare_all(state, jobs)
-    collected = await unless_disconnected(request, collect_all(state, pendings))
-    if collected is None:
-        return Response(status_code=499)
-    return JSONResponse(shape.whole(collected))
+    lines = partial(_stream, state, shape=shape) if body.stream else None
+    return await respond(request, state, jobs, running, lines, shape.whole, error_line)
 
 
 async def _stream(state: GatewayState, pendings: list[Pending], shape: TextCompletion) -> AsyncIterator[bytes]:
