@@ -127,6 +127,8 @@ def test_kv_quantization_and_draft_options_are_checked() -> None:
         parse_config(model + "kv_bits=4\nkv_group_size=16")
     with pytest.raises(ConfigError, match="options must be positive"):
         parse_config(model + "draft_model='d'\nnum_draft_tokens=0")
+    with pytest.raises(ConfigError, match="rotating"):
+        parse_config(model + "kv_bits=8\nmax_kv_size=1024")
     assert not parse_config(model).models[0].options.sequential
     assert parse_config(model + "kv_bits=4").models[0].options.sequential
     assert parse_config(model + "draft_model='small'").models[0].options.sequential

@@ -194,6 +194,11 @@ def _check(config: Config, source: str) -> None:
                 f"{source}: model {model.name!r}: options must be positive "
                 "(max_kv_size, prompt_cache_*, quantized_kv_start and stream_interval_ms >= 0)"
             )
+        if options.kv_bits and options.max_kv_size:
+            raise ConfigError(
+                f"{source}: model {model.name!r}: kv_bits and max_kv_size together are not supported "
+                "(mlx-lm cannot quantize a rotating KV cache)"
+            )
         if model.preset is not None and model.preset not in config.presets:
             raise ConfigError(f"{source}: model {model.name!r}: no [presets.{model.preset}] table")
         for name in (model.name, *model.aliases):

@@ -50,6 +50,11 @@ def test_echo_and_several_prompts_and_n(client: openai.OpenAI) -> None:
     assert len(n.choices) == 3 and len({c.text for c in n.choices}) == 3  # distinct draws
     again = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=1.0, n=3, seed=5)
     assert [c.text for c in again.choices] == [c.text for c in n.choices]  # reproducible
+    # Usage counts each distinct prompt once, however many choices it has, as OpenAI does.
+    one = client.completions.create(model="tiny", prompt=[PROMPT, other], max_tokens=2, n=1)
+    three = client.completions.create(model="tiny", prompt=[PROMPT, other], max_tokens=2, n=3)
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
 
 
 def test_streamed_choices_carry_their_index_and_usage(client: openai.OpenAI) -> None:

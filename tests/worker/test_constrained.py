@@ -143,3 +143,42 @@ def test_required_tools_on_a_model_without_a_tool_format_is_refused(tiny_model: 
     engine = MlxEngine("plain", str(plain))
     (failed,) = engine.submit(ask(1, tools=[ADD], tool_choice="required"))
     assert isinstance(failed, Failed) and failed.code == "invalid_request" and "tool" in failed.message
+
+
+def test_tool_schemas_with_defs_and_refs_are_enforced(engine: MlxEngine) -> None:
+    # pydantic writes nested models as "$defs" and "$ref"s; they must resolve inside the tool.
+    parameters = {
+        "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["x"], "additionalProperties": False}},
+        "type": "object",
+        "properties": {"at": {"$ref": "#/$defs/Point"}},
+        "required": ["at"],
+        "additionalProperties": False,
+    }
+    tool = Tool("move", "Moves.", parameters)
+    transcript = run(engine, *(ask(rid, tools=[tool, ADD], tool_choice="required", parallel_tool_calls=False) for rid in range(4)))
+    for rid in range(4):
+        (call,) = calls_of(transcript, rid)
+        jsonschema.validate(json.loads(call.arguments), parameters if call.name == "move" else ADD.parameters)
+
+
+def test_constrained_top_logprobs_leave_out_banned_tokens(engine: MlxEngine) -> None:
+    params = SamplingParams(max_tokens=5, temperature=1.0, seed=1, logprobs=True, top_logprobs=20)
+    transcript = run(engine, ask(1, json_schema='{"type": "object"}', params=params))
+    entries = [e for m in transcript.messages[1] if isinstance(m, TokenChunk) for e in (m.logprobs or [])]
+    assert entries and len(entries[0].top) < 20  # only "{" (and maybe whitespace) may start an object
+    assert all(alt.logprob > float("-inf") for e in entries for alt in e.top)
+
+
+@pytest.mark.parametrize("width", [600, 500])
+def test_the_mask_fits_the_logits_whatever_the_configs_vocab_size(engine: MlxEngine, width: int) -> None:
+    # Checkpoints pad the output layer past the tokenizer (or keep vocab_size in a sub-table):
+    # the mask follows the logits it is applied to.
+    import mlx.core as mx
+
+    from opta_lmx.worker.engines.mlx_grammar import json_schema_grammar
+
+    processor = engine._grammars.processor(json_schema_grammar('{"type": "object"}'))
+    out = processor(mx.array([1]), mx.zeros((1, width)))
+    allowed = [i for i, v in enumerate(out[0].tolist()) if v > float("-inf")]
+    assert out.shape == (1, width)
+    assert allowed and all(i < min(width, 512) for i in allowed)

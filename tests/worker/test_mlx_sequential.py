@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from opta_lmx.config import EngineOptions
-from opta_lmx.proto import Finished, Started
+from opta_lmx.proto import Failed, Finished, Started
 from opta_lmx.worker.engines.mlx import MlxEngine
 from tests.worker.test_mlx_engine import EOS_PROMPT, PROMPTS, Transcript, drain, generate
 
@@ -114,3 +114,50 @@ def test_seeds_and_stop_strings_work_on_the_sequential_path(tiny_model: Path) ->
     stopped = outputs(engine, [PROMPTS[1]], max_tokens=30, temperature=0.0, stop=[stop])
     assert stopped.terminal(0).finish_reason == "stop"
     assert stopped.text(0) == greedy[: greedy.index(stop)]
+
+
+def test_a_failing_request_fails_alone_and_the_queue_goes_on(tiny_model: Path) -> None:
+    from mlx_lm.generate import greedy_sampler
+
+    from opta_lmx.worker.engines.mlx_sequential import SequenceFailed, SequentialGenerator
+
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(draft_model=str(tiny_model)))
+    generator = SequentialGenerator(
+        engine._model, stop_tokens=[[2]], prefill_step_size=512, kv_bits=None, kv_group_size=64, quantized_kv_start=0
+    )
+
+    def broken(tokens, logits):  # noqa: ANN001, ANN202 - a logits processor that always raises
+        raise ValueError("broken processor")
+
+    first, second = generator.insert(
+        [[1, 5, 6], [1, 7, 8]], max_tokens=[4, 4], samplers=[greedy_sampler] * 2, logits_processors=[[broken], []]
+    )
+    with pytest.raises(SequenceFailed) as failed:
+        generator.next()
+    assert failed.value.uid == first and "broken processor" in str(failed.value)
+    tokens = [r for _ in range(4) for r in generator.next()[1]]
+    assert [r.uid for r in tokens] == [second] * 4 and tokens[-1].finish_reason == "length"
+
+
+def test_the_engine_fails_only_the_request_whose_generation_raised(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(draft_model=str(tiny_model)))
+    start = engine._batch._start
+
+    def start_or_fail(sequence):  # noqa: ANN001, ANN202 - as a model whose cache cannot roll back fails
+        if sequence.uid == 0:
+            raise ValueError("Speculative decoding requires a trimmable prompt cache")
+        return start(sequence)
+
+    monkeypatch.setattr(engine._batch, "_start", start_or_fail)
+    transcript = outputs_allowing_failures(engine, [PROMPTS[0], PROMPTS[1]], max_tokens=10)
+    failed = transcript.terminal(0)
+    assert isinstance(failed, Failed) and failed.code == "engine_error" and "trimmable" in failed.message
+    assert transcript.terminal(1).finish_reason == "length" and engine.active == 0
+
+
+def outputs_allowing_failures(engine: MlxEngine, contents: list[str], **params: object) -> Transcript:
+    transcript = Transcript()
+    for rid, content in enumerate(contents):
+        transcript.add(engine.submit(generate(rid, content, **params)))
+    drain(engine, transcript)
+    return transcript

@@ -78,3 +78,21 @@ def test_history_tool_calls_reach_the_template_with_object_arguments() -> None:
     assert messages[0]["tool_calls"] == [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]
     assert messages[1] == {"role": "tool", "content": "3", "tool_call_id": "call_1"}
     assert messages[2]["tool_calls"][0]["function"]["arguments"] == "not json"
+
+
+def test_whitespace_before_a_block_that_does_not_parse_is_kept() -> None:
+    text = "Sure:\n\n<tool_call>{bad}</tool_call>"
+    for at in range(len(text) + 1):
+        assert feed_in_two(text, at)[0] == text, at
+
+
+def test_a_format_without_an_end_marker_closes_its_block_at_the_end() -> None:
+    from mlx_lm.tool_parsers import mistral
+
+    s = ToolCallSplitter(mistral.tool_call_start, mistral.tool_call_end, mistral.parse_tool_call, [])
+    output = '[TOOL_CALLS]add[ARGS]{"a": 1}'
+    content, calls = s.feed(output[:15])
+    more, more_calls = s.feed(output[15:])
+    tail, last = s.flush()
+    assert content + more + tail == ""
+    assert [(c.name, json.loads(c.arguments)) for c in calls + more_calls + last] == [("add", {"a": 1})]

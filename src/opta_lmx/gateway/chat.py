@@ -92,7 +92,8 @@ def _constraints(body: ChatCompletionRequest) -> dict[str, Any]:
         tools = [t for t in tools if t.name == choice.function.name]
     fields["tools"] = tools
     fields["tool_choice"] = "required" if choice == "required" or isinstance(choice, NamedToolChoice) else "auto"
-    fields["parallel_tool_calls"] = body.parallel_tool_calls is not False
+    # A named function is one call of it, as OpenAI's forced choice is.
+    fields["parallel_tool_calls"] = body.parallel_tool_calls is not False and not isinstance(choice, NamedToolChoice)
     return fields
 
 

@@ -99,7 +99,7 @@ async def completions(request: Request) -> Response:
         for i in range(body.n)
     ]
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    shape = TextCompletion(model.name, include_usage, logprobs=body.logprobs is not None)
+    shape = TextCompletion(model.name, include_usage, logprobs=body.logprobs is not None, n=body.n)
     lines = partial(_stream, state, shape=shape) if body.stream else None
     return await respond(request, state, jobs, running, lines, shape.whole, error_line)
 
@@ -114,10 +114,11 @@ async def _stream(state: GatewayState, pendings: list[Pending], shape: TextCompl
                     logprobs = None
                     if message.logprobs is not None:
                         logprobs = legacy_logprobs(message.logprobs, offsets[index])
-                    offsets[index] += len(message.text)
+                        offsets[index] += sum(len(entry.token) for entry in message.logprobs)
                     yield shape.line([_choice(index, message.text, None, logprobs)])
                 elif isinstance(message, Finished):
-                    usage[0] += message.prompt_tokens
+                    if index % shape.n == 0:  # the n choices of one prompt share it (choices go prompt by prompt)
+                        usage[0] += message.prompt_tokens
                     usage[1] += message.completion_tokens
                     yield shape.line([_choice(index, "", _reason(message))])
         if shape.include_usage:
@@ -166,8 +167,9 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 class TextCompletion:
     """The ``text_completion`` objects of one request."""
 
-    def __init__(self, model: str, include_usage: bool, logprobs: bool = False) -> None:
+    def __init__(self, model: str, include_usage: bool, logprobs: bool = False, n: int = 1) -> None:
         self.id = f"cmpl-{secrets.token_hex(12)}"
+        self.n = n
         self.logprobs = logprobs
         self.created = int(time.time())
         self.model = model
@@ -198,6 +200,7 @@ class TextCompletion:
         )
         # The prompt counts once per distinct prompt in OpenAI's usage; n copies share it.
         reply["usage"] = _usage(
-            sum(c.finished.prompt_tokens for c in collected), sum(c.finished.completion_tokens for c in collected)
+            sum(c.finished.prompt_tokens for i, c in enumerate(collected) if i % self.n == 0),
+            sum(c.finished.completion_tokens for c in collected),
         )
         return reply

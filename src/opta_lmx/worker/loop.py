@@ -128,7 +128,11 @@ class ModelLoop:
                 case Generate(request_id=rid) if self._drain.is_set():
                     self._send([Failed(rid, "model_unavailable", "the model is being unloaded; retry")])
                 case Generate():
-                    self._send(self._engine.submit(message))
+                    try:
+                        replies = self._engine.submit(message)
+                    except Exception as exc:  # an engine bug must not take the other requests down
+                        replies = [Failed(message.request_id, "engine_error", f"{type(exc).__name__}: {exc}")]
+                    self._send(replies)
                 case Cancel(request_id=rid):
                     self._send(self._engine.cancel(rid))
 

@@ -27,6 +27,8 @@ class MarkerSplitter:
         pieces: list[Piece] = []
         while True:
             marker = self._end if self.inside else self._start
+            if not marker:  # no end marker (Mistral's tool calls): the block runs to the end
+                break
             at = self._pending.find(marker)
             if at < 0:
                 break

@@ -47,7 +47,6 @@ class ToolCallSplitter:
         calls: list[ToolCall] = []
         for piece in pieces:
             if piece.inside:
-                self._space = ""
                 self._block.append(piece.text)
                 if piece.closes:
                     self._close(content, calls, closed=True)
@@ -66,9 +65,10 @@ class ToolCallSplitter:
 
     def _close(self, content: list[str], calls: list[ToolCall], closed: bool) -> None:
         text, self._block = "".join(self._block), []
+        space, self._space = self._space, ""  # the line break before a call is the format's
         parsed = self._parsed(text)
         if parsed is None:
-            content.append(self._start + text + (self._end if closed else ""))
+            content.append(space + self._start + text + (self._end if closed else ""))
             return
         calls.extend(parsed)
         self.called = True

@@ -29,7 +29,7 @@ from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading
 from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars, json_schema_grammar, tool_call_grammar
 from opta_lmx.worker.engines.mlx_prompt_cache import PromptCache
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
-from opta_lmx.worker.engines.mlx_sequential import SequentialGenerator
+from opta_lmx.worker.engines.mlx_sequential import SequenceFailed, SequentialGenerator
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
@@ -80,7 +80,7 @@ class MlxEngine:
         self._logprobs = LogprobReader(self._tokenizer)
         tokenizer = self._tokenizer
         self._think = (tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None
-        self._grammars = Grammars(tokenizer, int(config.get("vocab_size") or len(tokenizer)))
+        self._grammars = Grammars(tokenizer)
 
     def _new_batch(self) -> BatchGenerator | SequentialGenerator:
         options = self._options
@@ -134,6 +134,8 @@ class MlxEngine:
             constraint = self._constraint(request)
         except GrammarError as exc:
             return [Failed(rid, "invalid_request", str(exc))]
+        except Exception as exc:  # llguidance cannot take this tokenizer, or another fault
+            return [Failed(rid, "engine_error", f"constrained decoding unavailable: {type(exc).__name__}: {exc}")]
         reasoning = self._reasoning_splitter(prompt)
         if constraint and reasoning is not None and reasoning.inside:
             # A grammar holds from the first token: close the thinking block the template opened
@@ -236,6 +238,12 @@ class MlxEngine:
         out: list[FromWorker] = []
         try:
             _prompt_progress, generated = self._batch.next()
+        except SequenceFailed as exc:  # one request's generation failed: the queue goes on
+            request = self._by_uid.get(exc.uid)
+            if request is None:
+                return out
+            self._forget(request)
+            return [Failed(request.request_id, "engine_error", str(exc))]
         except Exception as exc:  # the batch's state is unknown after a fault: fail it, start anew
             self._batch = self._new_batch()
             self.prompt_cache.clear()  # with nothing carried over from that state either

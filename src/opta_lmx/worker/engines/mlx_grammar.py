@@ -33,11 +33,10 @@ class GrammarProcessor:
     """A logits processor for one request (``BatchGenerator`` calls it once per step with the
     tokens so far): it feeds the grammar the token sampled last, then masks the logits."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, grammar_vocab: int, vocab_size: int, eos: list[int]) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, grammar_vocab: int, eos: list[int]) -> None:
         self._matcher = matcher
         self._eos = eos
         self._bitmask = allocate_token_bitmask(1, grammar_vocab)
-        self._vocab_size = vocab_size  # the logits' width, which may exceed the tokenizer's
         self._started = False
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
@@ -47,8 +46,11 @@ class GrammarProcessor:
         self._started = True
         fill_next_token_bitmask(matcher, self._bitmask)
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
-        allowed = np.zeros(self._vocab_size, dtype=np.bool_)
-        n = min(self._vocab_size, bits.size)
+        # The logits' width, not the config's: it may be padded past the tokenizer's vocabulary,
+        # and multimodal configs keep vocab_size in a sub-table.
+        width = logits.shape[-1]
+        allowed = np.zeros(width, dtype=np.bool_)
+        n = min(width, bits.size)
         allowed[:n] = bits[:n]
         if not allowed.any():  # a matcher in error allows nothing: end the request, never sample NaN
             allowed[self._eos] = True
@@ -59,9 +61,8 @@ class Grammars:
     """Compiles grammars for one model's tokenizer (the llguidance tokenizer, about a second
     for a large vocabulary, is built on first use and kept)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer  # mlx-lm's TokenizerWrapper
-        self._vocab_size = vocab_size
         self._ll: llguidance.LLTokenizer | None = None
 
     def _ll_tokenizer(self) -> llguidance.LLTokenizer:
@@ -79,7 +80,7 @@ class Grammars:
         matcher = llguidance.LLMatcher(tokenizer, grammar)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
-        return GrammarProcessor(matcher, tokenizer.vocab_size, self._vocab_size, sorted(self._tokenizer.eos_token_ids))
+        return GrammarProcessor(matcher, tokenizer.vocab_size, sorted(self._tokenizer.eos_token_ids))
 
 
 def json_schema_grammar(schema_text: str) -> str:
@@ -97,27 +98,26 @@ def tool_call_grammar(tools: list[dict[str, Any]], start: str, end: str, paralle
     """Calls of the given tools in the JSON tool-call format (``<tool_call>`` ``{"name": ...,
     "arguments": {...}}`` ``</tool_call>``, Qwen's and Hermes's): what ``tool_choice`` =
     ``"required"`` or a named function forces."""
-    variants = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": tool["function"]["name"]},
-                "arguments": tool["function"]["parameters"],
-            },
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for tool in tools
-    ]
-    body = variants[0] if len(variants) == 1 else {"anyOf": variants}
-    body = {**body, "x-guidance": _JSON_OPTIONS}
-    calls = 'call ("\\n" call)*' if parallel else "call"
-    lark = (
-        f"start: {calls}\n"
-        f'call: {_marker(start, tokenizer)} "\\n" body "\\n" {_marker(end, tokenizer)}\n'
-        f"body: %json {json.dumps(body)}\n"
+    # Each tool's arguments are a grammar rule of their own, so "$ref"s within its schema (to its
+    # "$defs", as pydantic writes them) resolve against that schema.
+    rules = []
+    bodies = []
+    for i, tool in enumerate(tools):
+        function = tool["function"]
+        head = json.dumps('{"name": ' + json.dumps(function["name"]) + ', "arguments": ')
+        bodies.append(f"body_{i}")
+        rules.append(f'body_{i}: {head} args_{i} "}}"')
+        rules.append(f"args_{i}: %json {json.dumps({**function['parameters'], 'x-guidance': _JSON_OPTIONS})}")
+    # Several calls one per line; a line break after the last one may end the output too.
+    calls = 'call ("\\n" call)* "\\n"?' if parallel else 'call "\\n"?'
+    lark = "\n".join(
+        [
+            f"start: {calls}",
+            f'call: {_marker(start, tokenizer)} "\\n" ({" | ".join(bodies)}) "\\n" {_marker(end, tokenizer)}',
+            *rules,
+        ]
     )
-    return llguidance.LLMatcher.grammar_from_lark(lark)
+    return llguidance.LLMatcher.grammar_from_lark(lark + "\n")
 
 
 def _marker(text: str, tokenizer: Any) -> str:

@@ -82,6 +82,8 @@ class LogprobReader:
             ids = mx.argpartition(-logprobs, top - 1)[:top]
             values = logprobs[ids]
             for tid, value in sorted(zip(ids.tolist(), values.tolist()), key=lambda p: -p[1]):
+                if value == float("-inf"):  # banned (a grammar's mask): not an alternative
+                    continue
                 text, raw = self._text_and_bytes(tid)
                 alternatives.append(TokenLogprob(text, value, raw))
         text, raw = self._text_and_bytes(token)

@@ -21,6 +21,15 @@ from mlx_lm.models.cache import make_prompt_cache
 from opta_lmx.worker.engines.mlx_grammar import GrammarProcessor
 
 
+class SequenceFailed(Exception):
+    """Generation of one request raised (e.g. a draft model over a cache that cannot be rolled
+    back); the others, waiting their turn, are not touched."""
+
+    def __init__(self, uid: int, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.uid = uid
+
+
 @dataclass
 class Response:
     """The fields of ``GenerationBatch.Response`` the engine reads."""
@@ -117,14 +126,17 @@ class SequentialGenerator:
             if not self._waiting:
                 return [], []
             self._current = self._waiting.popleft()
-            self._current.steps = self._start(self._current)
         sequence = self._current
-        assert sequence.steps is not None
         try:
+            if sequence.steps is None:
+                sequence.steps = self._start(sequence)
             token, logprobs, *_ = next(sequence.steps)
         except StopIteration:  # never: a request leaves at its max_tokens-th token, before this
             self._current = None
-            raise RuntimeError("generation ended without a finish reason") from None
+            raise SequenceFailed(sequence.uid, RuntimeError("generation ended without a finish reason")) from None
+        except Exception as exc:
+            self._current = None
+            raise SequenceFailed(sequence.uid, exc) from exc
         token = int(token)
         sequence.generated += 1
         reason = None
