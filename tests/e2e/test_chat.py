@@ -184,6 +184,8 @@ def test_stream_interval_sets_how_many_tokens_a_chunk_carries(make_server, tiny_
                 logit_bias={"2": -100}, stream=True,
             )
             counts[name] = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
-        assert counts["held"] * 3 < counts["eager"], counts
+        # Held: the first chunk at once, the rest with the end (in the gateway's 16-token pieces).
+        # Eager: a chunk a step, unless a busy gateway merges what piled up meanwhile.
+        assert counts["held"] <= 5 and counts["held"] * 2 < counts["eager"], counts
     finally:
         client.close()
