@@ -186,6 +186,6 @@ def test_stream_interval_sets_how_many_tokens_a_chunk_carries(make_server, tiny_
             counts[name] = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
         # Held: the first chunk at once, the rest with the end (in the gateway's 16-token pieces).
         # Eager: a chunk a step, unless a busy gateway merges what piled up meanwhile.
-        assert counts["held"] <= 5 and counts["held"] * 2 < counts["eager"], counts
+        assert counts["held"] <= 6 and counts["held"] * 2 < counts["eager"], counts  # seen: 4 and 37
     finally:
         client.close()
