@@ -281,3 +281,41 @@ def test_max_kv_size_bounds_the_attention_window(tiny_model: Path, reference) ->
     assert transcript.text(0).startswith(fits)
     assert transcript.text(0) != unbounded
     assert transcript.terminal(0).completion_tokens == 120
+
+
+@pytest.mark.parametrize("penalty", [0.0, 1.5])
+def test_a_request_alone_runs_solo_and_moves_into_the_batch_when_another_arrives(tiny_model: Path, reference, penalty: float) -> None:
+    # Alone, a request runs through generate_step; when a second one arrives it moves into the
+    # batch with its KV cache. Greedy, both must still answer exactly as they do one at a time.
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(prompt_cache_entries=0))
+    transcript = Transcript()
+    transcript.add(engine.submit(generate(0, PROMPTS[0], max_tokens=64, frequency_penalty=penalty)))
+    for _ in range(10):
+        transcript.add(engine.step())
+    assert engine._solo is not None and engine._solo.active  # the first ran solo
+    transcript.add(engine.submit(generate(1, PROMPTS[1], max_tokens=64, frequency_penalty=penalty)))
+    assert not engine._solo.active  # ... and has moved
+    drain(engine, transcript)
+    for rid in (0, 1):
+        transcript.check(rid)
+        text, finished = reference(PROMPTS[rid], max_tokens=64, frequency_penalty=penalty)
+        assert transcript.text(rid) == text
+        assert transcript.terminal(rid) == msgspec.structs.replace(finished, request_id=rid)
+
+
+def test_a_solo_request_cancelled_or_cut_by_a_stop_string_leaves_cleanly(tiny_model: Path, reference) -> None:
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(prompt_cache_entries=0))
+    transcript = Transcript()
+    transcript.add(engine.submit(generate(0, PROMPTS[2], max_tokens=64)))
+    for _ in range(5):
+        transcript.add(engine.step())
+    transcript.add(engine.cancel(0))
+    assert transcript.terminal(0).finish_reason == "cancelled" and engine.active == 0
+    assert engine._solo is not None and not engine._solo.active
+    full, _ = reference(PROMPTS[2], max_tokens=64)
+    stop = full[20:23]
+    transcript.add(engine.submit(generate(1, PROMPTS[2], max_tokens=64, stop=[stop])))
+    drain(engine, transcript)
+    assert transcript.terminal(1).finish_reason == "stop"
+    assert transcript.text(1) == full[: full.index(stop)]
+    assert not engine._solo.active and engine.active == 0

@@ -39,17 +39,31 @@ def follow_up(first: list[ChatMessage], answer: str) -> list[ChatMessage]:
 
 
 def run(engine: MlxEngine, request: Generate) -> tuple[str, Finished, int]:
-    """(text, Finished, prompt tokens computed) of one request run alone."""
+    """(text, Finished, prompt tokens computed) of one request run alone.
+
+    Counted at the model: every token fed to it, prompt or generated, goes through its forward
+    pass once (each generated token is fed back, the last one too), whichever generator drives
+    it; the prompt tokens computed are the rest."""
     transcript = Transcript()
-    with engine._batch.stats() as stats:  # the generator's own count of the prompt tokens it prefilled
+    fed = [0]
+    model_class = type(engine._model)
+    forward = model_class.__call__
+
+    def counting(self, inputs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        fed[0] += inputs.shape[-1]
+        return forward(self, inputs, *args, **kwargs)
+
+    model_class.__call__ = counting
+    try:
         transcript.add(engine.submit(request))
         drain(engine, transcript)
+    finally:
+        model_class.__call__ = forward
     rid = request.request_id
     transcript.check(rid)
     finished = transcript.terminal(rid)
     assert isinstance(finished, Finished)
-    # The last prompt token is not prefilled: the first decode step feeds it.
-    return transcript.text(rid), finished, stats.prompt_tokens + 1
+    return transcript.text(rid), finished, fed[0] - finished.completion_tokens
 
 
 @pytest.fixture(scope="module")

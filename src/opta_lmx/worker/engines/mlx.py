@@ -35,6 +35,7 @@ from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
 
 _DEFAULT_CTX_LEN = 4096
+_SOLO_UIDS = 1 << 40  # the solo generator's request ids start here, apart from the batch's
 
 
 @dataclass
@@ -48,6 +49,8 @@ class _Request:
     top_logprobs: int | None  # None: no logprobs asked for
     reasoning: ReasoningSplitter | None  # None: the model has no thinking markers
     tools: ToolCallSplitter | None  # None: no tools, or the model has no tool-call format
+    sampler: Any
+    processors: list[Any]
     cached_tokens: int  # prompt tokens taken from the prompt cache
     generated: int = 0
 
@@ -72,6 +75,18 @@ class MlxEngine:
         # A draft model must share the tokenizer (its proposals are token ids of the model's).
         self._draft = load(options.draft_model)[0] if options.draft_model else None
         self._batch = self._new_batch()
+        # A request alone in the engine runs through generate_step (about 12 % faster than a
+        # batch of one), and moves into the batch when another arrives.
+        self._solo = None if options.sequential or options.max_kv_size else SequentialGenerator(
+            self._model,
+            stop_tokens=[[t] for t in self._eos],
+            prefill_step_size=options.prefill_step_size,
+            kv_bits=None,
+            kv_group_size=64,
+            quantized_kv_start=0,
+            keep_caches=True,
+            first_uid=_SOLO_UIDS,
+        )
         entries = 0 if options.sequential else options.prompt_cache_entries
         self.prompt_cache = PromptCache(entries, options.prompt_cache_bytes)
         self._requests: dict[int, _Request] = {}
@@ -159,14 +174,27 @@ class MlxEngine:
         if any(not 0 <= t < len(self._tokenizer) for t in (*(request.prompt_ids or ()), *params.logit_bias)):
             return [Failed(rid, "invalid_request", f"token ids must be in 0..{len(self._tokenizer) - 1}")]
         cache, cached = self.prompt_cache.fetch(prompt)
-        (uid,) = self._batch.insert(
+        sampler = sampler_for(params)
+        # The grammar's mask comes last: nothing after it may make a banned token likely.
+        processors = logits_processors_for(params, self.ctx_len) + constraint
+        # Alone, a request goes solo; grammars and seeded draws would not survive the move into
+        # the batch (their state runs one token ahead there), and a cached prefix is the batch's.
+        solo = (
+            self._solo is not None
+            and not self._requests
+            and not constraint
+            and cached == 0
+            and (params.seed is None or params.temperature == 0)
+        )
+        if not solo:
+            self._leave_solo()
+        (uid,) = (self._solo if solo else self._batch).insert(
             [prompt[cached:]],
             max_tokens=[max_tokens],
             caches=[cache if cache is not None else self._fresh_cache()],  # None: the generator's own
             all_tokens=[prompt[:cached]],  # what the cache holds (penalties see the whole prompt)
-            samplers=[sampler_for(params)],
-            # The grammar's mask comes last: nothing after it may make a banned token likely.
-            logits_processors=[logits_processors_for(params, self.ctx_len) + constraint],
+            samplers=[sampler],
+            logits_processors=[processors],
         )
         entry = _Request(
             request_id=rid,
@@ -178,6 +206,8 @@ class MlxEngine:
             top_logprobs=params.top_logprobs if params.logprobs else None,
             reasoning=reasoning,
             tools=self._tool_splitter(request),
+            sampler=sampler,
+            processors=processors,
             cached_tokens=cached,
         )
         self._requests[rid] = entry
@@ -187,6 +217,26 @@ class MlxEngine:
         if request.echo:
             out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
         return out
+
+    def _leave_solo(self) -> None:
+        """Move the request running solo (if any) into the batch, with its KV cache."""
+        if self._solo is None or not self._solo.active:
+            return
+        for request in [r for r in self._requests.values() if r.uid >= _SOLO_UIDS]:
+            moving = self._solo.detach(request.uid)
+            if moving is None:
+                continue
+            (uid,) = self._batch.insert(
+                [moving.prompt],
+                max_tokens=[moving.max_tokens],
+                caches=[moving.cache if moving.cache is not None else self._fresh_cache()],
+                all_tokens=[moving.all_tokens],
+                samplers=[moving.sampler],
+                logits_processors=[moving.processors],
+            )
+            del self._by_uid[request.uid]
+            request.uid = uid
+            self._by_uid[uid] = request
 
     def _fresh_cache(self) -> list[Any] | None:
         """With ``max_kv_size``, the model's cache with its full-attention layers bounded to that
@@ -236,8 +286,9 @@ class MlxEngine:
 
     def step(self) -> list[FromWorker]:
         out: list[FromWorker] = []
+        generator = self._solo if self._solo is not None and self._solo.active else self._batch
         try:
-            _prompt_progress, generated = self._batch.next()
+            _prompt_progress, generated = generator.next()
         except SequenceFailed as exc:  # one request's generation failed: the queue goes on
             request = self._by_uid.get(exc.uid)
             if request is None:
@@ -261,7 +312,11 @@ class MlxEngine:
     def _remove(self, uids: list[int]) -> None:
         """Take requests out of the batch, keeping their caches (a cut-off answer or a
         cancelled request's prompt is as good a prefix as any)."""
-        for cache, tokens in self._batch.remove(uids, return_prompt_caches=True).values():
+        solo = [u for u in uids if u >= _SOLO_UIDS]
+        caches = self._batch.remove([u for u in uids if u < _SOLO_UIDS], return_prompt_caches=True)
+        if solo and self._solo is not None:
+            caches.update(self._solo.remove(solo, return_prompt_caches=True))
+        for cache, tokens in caches.values():
             self.prompt_cache.store(tokens, cache)
 
     def _take(self, response: GenerationBatch.Response, out: list[FromWorker]) -> bool:
@@ -358,6 +413,8 @@ class MlxEngine:
         out: list[FromWorker] = [Failed(rid, code, message) for rid in self._requests]
         if self._by_uid:
             self._batch.remove(list(self._by_uid))
+            if self._solo is not None:
+                self._solo.remove(list(self._by_uid))
         self._requests.clear()
         self._by_uid.clear()
         return out

@@ -6,17 +6,22 @@ same on both paths; requests wait their turn in order, already ``Started``.
 
 Requests with a grammar run without the draft model: a speculative step calls the logits
 processors for draft positions that may be rolled back, and a grammar's state cannot step back.
+
+The engine also uses it, without quantization or draft, for a request that has the engine to
+itself: ``generate_step`` makes about 12 % more tokens a second than ``BatchGenerator`` with one
+sequence. Then it keeps each request's KV cache (``keep_caches``) so that the request can move
+into the batch when another one arrives (``detach``), and leave its cache for the prompt cache.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, NamedTuple
 
 import mlx.core as mx
 from mlx_lm.generate import generate_step, speculative_generate_step
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
 from opta_lmx.worker.engines.mlx_grammar import GrammarProcessor
 
@@ -38,7 +43,7 @@ class Response:
     token: int
     logprobs: mx.array
     finish_reason: str | None
-    prompt_cache: Any = None  # no prompt cache on this path
+    prompt_cache: Any = None  # with keep_caches, on the last token: the cache and what it holds
     all_tokens: Any = None
 
 
@@ -51,7 +56,19 @@ class _Sequence:
     processors: list[Any]
     cache: list[Any] | None = None  # a fresh cache to use (bounded by max_kv_size), or None
     steps: Iterator[tuple[Any, ...]] | None = None
-    generated: int = 0
+    tokens: list[int] = field(default_factory=list)  # generated so far
+
+
+class Detached(NamedTuple):
+    """A request taken out to continue elsewhere: ``prompt`` is what is left to feed, ``cache``
+    (None if it never started) holds ``all_tokens``."""
+
+    prompt: list[int]
+    cache: list[Any] | None
+    all_tokens: list[int]
+    max_tokens: int
+    sampler: Callable[[mx.array], mx.array] | None
+    processors: list[Any]
 
 
 class SequentialGenerator:
@@ -66,6 +83,8 @@ class SequentialGenerator:
         quantized_kv_start: int,
         draft_model: Any = None,
         num_draft_tokens: int = 3,
+        keep_caches: bool = False,
+        first_uid: int = 0,
     ) -> None:
         self.model = model
         self._eos = {t for tokens in stop_tokens for t in tokens}
@@ -75,7 +94,12 @@ class SequentialGenerator:
         self._num_draft_tokens = num_draft_tokens
         self._waiting: deque[_Sequence] = deque()
         self._current: _Sequence | None = None
-        self._next_uid = 0
+        self._next_uid = first_uid
+        self._keep_caches = keep_caches
+
+    @property
+    def active(self) -> bool:
+        return self._current is not None or bool(self._waiting)
 
     def insert(
         self,
@@ -94,6 +118,8 @@ class SequentialGenerator:
             sampler = samplers[i] if samplers else None
             processors = list(logits_processors[i]) if logits_processors else []
             cache = caches[i] if caches else None
+            if cache is None and self._keep_caches:
+                cache = make_prompt_cache(self.model)  # ours, so it can be kept and moved
             self._waiting.append(_Sequence(uid, list(prompt), max_tokens[i], sampler, processors, cache))
             uids.append(uid)
         return uids
@@ -138,19 +164,45 @@ class SequentialGenerator:
             self._current = None
             raise SequenceFailed(sequence.uid, exc) from exc
         token = int(token)
-        sequence.generated += 1
+        sequence.tokens.append(token)
         reason = None
         if token in self._eos:
             reason = "stop"
-        elif sequence.generated >= sequence.max_tokens:
+        elif len(sequence.tokens) >= sequence.max_tokens:
             reason = "length"
-        if reason is not None:
-            self._current = None
-        return [], [Response(sequence.uid, token, logprobs, reason)]
+        if reason is None:
+            return [], [Response(sequence.uid, token, logprobs, None)]
+        self._current = None
+        if not self._keep_caches:
+            return [], [Response(sequence.uid, token, logprobs, reason)]
+        # generate_step feeds each token before it yields it: the cache holds all of them.
+        return [], [Response(sequence.uid, token, logprobs, reason, sequence.cache, sequence.prompt + sequence.tokens)]
 
     def remove(self, uids: list[int], return_prompt_caches: bool = False) -> dict[int, Any]:
         gone = set(uids)
         self._waiting = deque(s for s in self._waiting if s.uid not in gone)
-        if self._current is not None and self._current.uid in gone:
-            self._current = None  # the generator object is dropped with its KV cache
-        return {}
+        caches = {}
+        current = self._current
+        if current is not None and current.uid in gone:
+            self._current = None  # the generator object is dropped
+            if return_prompt_caches and self._keep_caches and current.tokens:
+                caches[current.uid] = (current.cache, current.prompt + current.tokens)
+        return caches
+
+    def detach(self, uid: int) -> Detached | None:
+        """Take a request out, with what it needs to go on in another generator."""
+        for sequence in self._waiting:
+            if sequence.uid == uid:
+                self._waiting.remove(sequence)
+                return Detached(sequence.prompt, None, [], sequence.max_tokens, sequence.sampler, sequence.processors)
+        current = self._current
+        if current is None or current.uid != uid:
+            return None
+        self._current = None
+        if not current.tokens:  # never stepped: nothing computed to keep
+            return Detached(current.prompt, None, [], current.max_tokens, current.sampler, current.processors)
+        # The cache holds the last token too; the next generator must feed one token itself.
+        trim_prompt_cache(current.cache, 1)
+        tokens = current.prompt + current.tokens
+        left = current.max_tokens - len(current.tokens)
+        return Detached(tokens[-1:], current.cache, tokens[:-1], left, current.sampler, current.processors)
