@@ -187,3 +187,23 @@ def test_a_cache_that_cannot_step_back_is_used_only_as_a_shorter_prefix(tiny_mod
     assert prompts.fetch(tokens[:6]) == (None, 0)  # inside it
     longer, cached = prompts.fetch([*tokens, 7, 8])
     assert cached == len(tokens) and longer is not None and longer is not cache
+
+
+def test_a_follow_up_turn_runs_solo_from_its_cached_prefix_and_can_move_into_the_batch(engine, uncached) -> None:
+    # No penalties: the follow-up runs solo from the cached prefix; a second request then moves
+    # it into the batch, prefix and all. Its answer must be the one without any cache.
+    text, _, _ = run(engine, Generate(1, STORY, params()))
+    turn = Generate(2, follow_up(STORY, text), params(max_tokens=40))
+    transcript = Transcript()
+    transcript.add(engine.submit(turn))
+    assert engine._solo is not None and engine._solo.active
+    for _ in range(8):
+        transcript.add(engine.step())
+    transcript.add(engine.submit(Generate(3, [ChatMessage("user", "Unrelated.")], params())))
+    assert not engine._solo.active
+    drain(engine, transcript)
+    alone_text, alone, _ = run(uncached, turn)
+    finished = transcript.terminal(2)
+    assert isinstance(finished, Finished) and finished.cached_tokens > 0
+    assert transcript.text(2) == alone_text
+    assert finished.completion_tokens == alone.completion_tokens

@@ -178,13 +178,15 @@ class MlxEngine:
         # The grammar's mask comes last: nothing after it may make a banned token likely.
         processors = logits_processors_for(params, self.ctx_len) + constraint
         # Alone, a request goes solo; grammars and seeded draws would not survive the move into
-        # the batch (their state runs one token ahead there), and a cached prefix is the batch's.
+        # the batch (their state runs one token ahead there). Penalties over a cached prefix
+        # would not see it there (generate_step counts only the tokens it is given).
+        penalties = params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
         solo = (
             self._solo is not None
             and not self._requests
             and not constraint
-            and cached == 0
             and (params.seed is None or params.temperature == 0)
+            and not (cached and penalties)
         )
         if not solo:
             self._leave_solo()

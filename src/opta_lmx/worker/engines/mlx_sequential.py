@@ -57,6 +57,7 @@ class _Sequence:
     cache: list[Any] | None = None  # a fresh cache to use (bounded by max_kv_size), or None
     steps: Iterator[tuple[Any, ...]] | None = None
     tokens: list[int] = field(default_factory=list)  # generated so far
+    history: list[int] = field(default_factory=list)  # what ``cache`` already holds before ``prompt``
 
 
 class Detached(NamedTuple):
@@ -112,15 +113,16 @@ class SequentialGenerator:
     ) -> list[int]:
         uids = []
         for i, prompt in enumerate(prompts):
-            if all_tokens and all_tokens[i]:
-                raise ValueError("the sequential generator takes whole prompts, not cached prefixes")
+            history = list(all_tokens[i]) if all_tokens else []
+            if history and not (self._keep_caches and caches and caches[i] is not None):
+                raise ValueError("a cached prefix needs its cache, and keep_caches")
             uid, self._next_uid = self._next_uid, self._next_uid + 1
             sampler = samplers[i] if samplers else None
             processors = list(logits_processors[i]) if logits_processors else []
             cache = caches[i] if caches else None
             if cache is None and self._keep_caches:
                 cache = make_prompt_cache(self.model)  # ours, so it can be kept and moved
-            self._waiting.append(_Sequence(uid, list(prompt), max_tokens[i], sampler, processors, cache))
+            self._waiting.append(_Sequence(uid, list(prompt), max_tokens[i], sampler, processors, cache, history=history))
             uids.append(uid)
         return uids
 
@@ -176,7 +178,8 @@ class SequentialGenerator:
         if not self._keep_caches:
             return [], [Response(sequence.uid, token, logprobs, reason)]
         # generate_step feeds each token before it yields it: the cache holds all of them.
-        return [], [Response(sequence.uid, token, logprobs, reason, sequence.cache, sequence.prompt + sequence.tokens)]
+        held = sequence.history + sequence.prompt + sequence.tokens
+        return [], [Response(sequence.uid, token, logprobs, reason, sequence.cache, held)]
 
     def remove(self, uids: list[int], return_prompt_caches: bool = False) -> dict[int, Any]:
         gone = set(uids)
@@ -186,7 +189,7 @@ class SequentialGenerator:
         if current is not None and current.uid in gone:
             self._current = None  # the generator object is dropped
             if return_prompt_caches and self._keep_caches and current.tokens:
-                caches[current.uid] = (current.cache, current.prompt + current.tokens)
+                caches[current.uid] = (current.cache, current.history + current.prompt + current.tokens)
         return caches
 
     def detach(self, uid: int) -> Detached | None:
@@ -194,15 +197,21 @@ class SequentialGenerator:
         for sequence in self._waiting:
             if sequence.uid == uid:
                 self._waiting.remove(sequence)
-                return Detached(sequence.prompt, None, [], sequence.max_tokens, sequence.sampler, sequence.processors)
+                return Detached(
+                    sequence.prompt, sequence.cache if sequence.history else None, sequence.history,
+                    sequence.max_tokens, sequence.sampler, sequence.processors,
+                )
         current = self._current
         if current is None or current.uid != uid:
             return None
         self._current = None
         if not current.tokens:  # never stepped: nothing computed to keep
-            return Detached(current.prompt, None, [], current.max_tokens, current.sampler, current.processors)
+            return Detached(
+                current.prompt, current.cache if current.history else None, current.history,
+                current.max_tokens, current.sampler, current.processors,
+            )
         # The cache holds the last token too; the next generator must feed one token itself.
         trim_prompt_cache(current.cache, 1)
-        tokens = current.prompt + current.tokens
+        tokens = current.history + current.prompt + current.tokens
         left = current.max_tokens - len(current.tokens)
         return Detached(tokens[-1:], current.cache, tokens[:-1], left, current.sampler, current.processors)
