@@ -6,8 +6,8 @@ a token every step while a newcomer is prefilled (that step just takes longer). 
 in this engine (stop string, cancel) leaves the batch with ``BatchGenerator.remove``; one that ends
 in the generator (eos, ``max_tokens``) has already left it.
 
-Text is made here, not in the generator: one incremental detokenizer and one ``StopMatcher`` per
-request, so stop strings split across tokens are never emitted.
+Text is made here, not in the generator: one ``TextStream`` per request (detokenizer, reasoning
+split, stop strings, tool calls), so stop strings split across tokens are never emitted.
 
 Every request that leaves the batch leaves its KV cache in the prompt cache (``mlx_prompt_cache``);
 a new prompt starts from the longest cached prefix of its tokens and prefills only the rest.
@@ -25,13 +25,14 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from opta_lmx.config import EngineOptions
-from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk, ToolCall
-from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars, json_schema_grammar, tool_call_grammar
+from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, SamplingParams, Started, TokenChunk
+from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars
 from opta_lmx.worker.engines.mlx_prompt_cache import PromptCache
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
 from opta_lmx.worker.engines.mlx_sequential import SequenceFailed, SequentialGenerator
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
+from opta_lmx.worker.text_stream import TextStream
 from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
 
 _DEFAULT_CTX_LEN = 4096
@@ -44,13 +45,8 @@ class _Request:
     uid: int  # the generator's id for it
     prompt_tokens: int
     max_tokens: int
-    detokenizer: Any
-    stops: StopMatcher
+    text: TextStream
     top_logprobs: int | None  # None: no logprobs asked for
-    reasoning: ReasoningSplitter | None  # None: the model has no thinking markers
-    tools: ToolCallSplitter | None  # None: no tools, or the model has no tool-call format
-    sampler: Any
-    processors: list[Any]
     cached_tokens: int  # prompt tokens taken from the prompt cache
     generated: int = 0
 
@@ -146,7 +142,7 @@ class MlxEngine:
         except Exception as exc:  # the chat template rejected the messages (jinja raise)
             return [Failed(rid, "invalid_request", f"chat template failed: {exc}")]
         try:
-            constraint = self._constraint(request)
+            constraint = self._grammars.for_request(request)
         except GrammarError as exc:
             return [Failed(rid, "invalid_request", str(exc))]
         except Exception as exc:  # llguidance cannot take this tokenizer, or another fault
@@ -177,17 +173,7 @@ class MlxEngine:
         sampler = sampler_for(params)
         # The grammar's mask comes last: nothing after it may make a banned token likely.
         processors = logits_processors_for(params, self.ctx_len) + constraint
-        # Alone, a request goes solo; grammars and seeded draws would not survive the move into
-        # the batch (their state runs one token ahead there). Penalties over a cached prefix
-        # would not see it there (generate_step counts only the tokens it is given).
-        penalties = params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
-        solo = (
-            self._solo is not None
-            and not self._requests
-            and not constraint
-            and (params.seed is None or params.temperature == 0)
-            and not (cached and penalties)
-        )
+        solo = self._fits_solo(params, bool(constraint), cached)
         if not solo:
             self._leave_solo()
         (uid,) = (self._solo if solo else self._batch).insert(
@@ -203,13 +189,8 @@ class MlxEngine:
             uid=uid,
             prompt_tokens=len(prompt),
             max_tokens=max_tokens,
-            detokenizer=self._tokenizer.detokenizer,
-            stops=StopMatcher(params.stop),
+            text=TextStream(self._tokenizer.detokenizer, StopMatcher(params.stop), reasoning, self._tool_splitter(request)),
             top_logprobs=params.top_logprobs if params.logprobs else None,
-            reasoning=reasoning,
-            tools=self._tool_splitter(request),
-            sampler=sampler,
-            processors=processors,
             cached_tokens=cached,
         )
         self._requests[rid] = entry
@@ -219,6 +200,19 @@ class MlxEngine:
         if request.echo:
             out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
         return out
+
+    def _fits_solo(self, params: SamplingParams, constrained: bool, cached: int) -> bool:
+        """Alone, a request goes solo. Grammars and seeded draws would not survive the move into
+        the batch (their state runs one token ahead there); penalties over a cached prefix would
+        not see it (generate_step counts only the tokens it is given)."""
+        penalties = params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
+        return (
+            self._solo is not None
+            and not self._requests
+            and not constrained
+            and (params.seed is None or params.temperature == 0)
+            and not (cached and penalties)
+        )
 
     def _leave_solo(self) -> None:
         """Move the request running solo (if any) into the batch, with its KV cache."""
@@ -249,28 +243,6 @@ class MlxEngine:
         if not size:
             return None
         return [RotatingKVCache(max_size=size, keep=4) if type(c) is KVCache else c for c in make_prompt_cache(self._model)]
-
-    def _constraint(self, request: Generate) -> list[Any]:
-        """The grammar processor the request needs (a forced tool call, or a JSON schema), if any."""
-        tokenizer = self._tokenizer
-        if request.tools and request.tool_choice == "required":
-            if not tokenizer.has_tool_calling or not _json_tool_format(tokenizer):
-                raise GrammarError(
-                    "tool_choice 'required' or a named function needs a model whose chat template "
-                    "writes tool calls as JSON between tool-call markers; this model's does not."
-                )
-            grammar = tool_call_grammar(
-                template_tools(request.tools),
-                tokenizer.tool_call_start,
-                tokenizer.tool_call_end,
-                request.parallel_tool_calls,
-                tokenizer,
-            )
-        elif request.json_schema is not None:
-            grammar = json_schema_grammar(request.json_schema)
-        else:
-            return []
-        return [self._grammars.processor(grammar)]
 
     def _tool_splitter(self, request: Generate) -> ToolCallSplitter | None:
         tokenizer = self._tokenizer
@@ -311,13 +283,13 @@ class MlxEngine:
             self._remove(leaving)
         return out
 
-    def _remove(self, uids: list[int]) -> None:
-        """Take requests out of the batch, keeping their caches (a cut-off answer or a
-        cancelled request's prompt is as good a prefix as any)."""
+    def _remove(self, uids: list[int], keep: bool = True) -> None:
+        """Take requests out of their generator, keeping their caches (a cut-off answer or a
+        cancelled request's prompt is as good a prefix as any) unless ``keep`` is false."""
         solo = [u for u in uids if u >= _SOLO_UIDS]
-        caches = self._batch.remove([u for u in uids if u < _SOLO_UIDS], return_prompt_caches=True)
+        caches = self._batch.remove([u for u in uids if u < _SOLO_UIDS], return_prompt_caches=keep)
         if solo and self._solo is not None:
-            caches.update(self._solo.remove(solo, return_prompt_caches=True))
+            caches.update(self._solo.remove(solo, return_prompt_caches=keep))
         for cache, tokens in caches.values():
             self.prompt_cache.store(tokens, cache)
 
@@ -345,18 +317,13 @@ class MlxEngine:
         self._progress += 1
         if token in self._eos:
             return "stop"
-        request.detokenizer.add_token(token)
-        reasoning, text = self._split(request, request.detokenizer.last_segment)
-        text = request.stops.feed(text)
-        calls: list[ToolCall] = []
-        if request.tools is not None:
-            text, calls = request.tools.feed(text)
+        reasoning, text, calls = request.text.feed(token)
         if request.top_logprobs is not None:
             entry = self._logprobs.entry(token, response.logprobs, request.top_logprobs)
             out.append(TokenChunk(request.request_id, text, 1, [entry], reasoning, calls))
         elif text or reasoning or calls:
             out.append(TokenChunk(request.request_id, text, 1, None, reasoning, calls))
-        if request.stops.stopped:
+        if request.text.stopped:
             return "stop"
         if request.generated >= request.max_tokens:
             return "length"
@@ -364,40 +331,16 @@ class MlxEngine:
 
     def _finish(self, request: _Request, reason: str, out: list[FromWorker]) -> None:
         self._forget(request)
-        reasoning, tail = "", ""
-        # After a stop string nothing more may be emitted; otherwise the detokenizer may still
-        # hold the tail of a multi-byte character, and the matcher a possible stop prefix.
-        if not request.stops.stopped:
-            request.detokenizer.finalize()
-            reasoning, tail = self._split(request, request.detokenizer.last_segment, final=True)
-            tail = request.stops.feed(tail)
-            if request.stops.stopped:
-                reason = "stop"
-            else:
-                tail += request.stops.flush()
-        calls: list[ToolCall] = []
-        if request.tools is not None:  # a call block left open is parsed, or given back as text
-            tail, calls = request.tools.feed(tail)
-            more_tail, more_calls = request.tools.flush()
-            tail, calls = tail + more_tail, calls + more_calls
-            if reason == "stop" and request.tools.called:
-                reason = "tool_calls"
+        reasoning, tail, calls = request.text.finish()
+        if request.text.stopped:  # also when the held-back tail completed a stop string
+            reason = "stop"
+        if reason == "stop" and request.text.called:
+            reason = "tool_calls"
         if tail or reasoning or calls:
             out.append(TokenChunk(request.request_id, tail, 0, None, reasoning, calls))
         out.append(
             Finished(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens)
         )
-
-    @staticmethod
-    def _split(request: _Request, text: str, final: bool = False) -> tuple[str, str]:
-        """(reasoning, answer) of a piece of text."""
-        if request.reasoning is None:
-            return "", text
-        reasoning, answer = request.reasoning.feed(text)
-        if final:
-            more_reasoning, more_answer = request.reasoning.flush()
-            reasoning, answer = reasoning + more_reasoning, answer + more_answer
-        return reasoning, answer
 
     def _forget(self, request: _Request) -> None:
         self._requests.pop(request.request_id, None)
@@ -414,9 +357,7 @@ class MlxEngine:
     def abort_all(self, code: str, message: str) -> list[FromWorker]:
         out: list[FromWorker] = [Failed(rid, code, message) for rid in self._requests]
         if self._by_uid:
-            self._batch.remove(list(self._by_uid))
-            if self._solo is not None:
-                self._solo.remove(list(self._by_uid))
+            self._remove(list(self._by_uid), keep=False)
         self._requests.clear()
         self._by_uid.clear()
         return out
@@ -433,8 +374,3 @@ class MlxEngine:
         gc.collect()
         mx.clear_cache()
 
-
-def _json_tool_format(tokenizer: Any) -> bool:
-    """Whether the model writes a tool call as one JSON object between its markers (the format
-    ``tool_call_grammar`` constrains to)."""
-    return getattr(tokenizer.tool_parser, "__module__", "") == "mlx_lm.tool_parsers.json_tools"

@@ -22,6 +22,9 @@ import mlx.core as mx
 import numpy as np
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
+from opta_lmx.proto import Generate
+from opta_lmx.worker.tool_calls import template_tools
+
 _JSON_OPTIONS = {"whitespace_flexible": False}
 
 
@@ -72,6 +75,22 @@ class Grammars:
             )
         return self._ll
 
+    def for_request(self, request: Generate) -> list[GrammarProcessor]:
+        """The grammar processor the request needs (a forced tool call, or a JSON schema), if any."""
+        tokenizer = self._tokenizer
+        if request.tools and request.tool_choice == "required":
+            if not tokenizer.has_tool_calling or not _json_tool_format(tokenizer):
+                raise GrammarError(
+                    "tool_choice 'required' or a named function needs a model whose chat template "
+                    "writes tool calls as JSON between tool-call markers; this model's does not."
+                )
+            grammar = tool_call_grammar(template_tools(request.tools), request.parallel_tool_calls, tokenizer)
+        elif request.json_schema is not None:
+            grammar = json_schema_grammar(request.json_schema)
+        else:
+            return []
+        return [self.processor(grammar)]
+
     def processor(self, grammar: str) -> GrammarProcessor:
         error = llguidance.LLMatcher.validate_grammar(grammar)
         if error:
@@ -94,7 +113,13 @@ def json_schema_grammar(schema_text: str) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], start: str, end: str, parallel: bool, tokenizer: Any) -> str:
+def _json_tool_format(tokenizer: Any) -> bool:
+    """Whether the model writes a tool call as one JSON object between its markers (the format
+    ``tool_call_grammar`` constrains to)."""
+    return getattr(tokenizer.tool_parser, "__module__", "") == "mlx_lm.tool_parsers.json_tools"
+
+
+def tool_call_grammar(tools: list[dict[str, Any]], parallel: bool, tokenizer: Any) -> str:
     """Calls of the given tools in the JSON tool-call format (``<tool_call>`` ``{"name": ...,
     "arguments": {...}}`` ``</tool_call>``, Qwen's and Hermes's): what ``tool_choice`` =
     ``"required"`` or a named function forces."""
@@ -113,7 +138,8 @@ def tool_call_grammar(tools: list[dict[str, Any]], start: str, end: str, paralle
     lark = "\n".join(
         [
             f"start: {calls}",
-            f'call: {_marker(start, tokenizer)} "\\n" ({" | ".join(bodies)}) "\\n" {_marker(end, tokenizer)}',
+            f'call: {_marker(tokenizer.tool_call_start, tokenizer)} "\\n" ({" | ".join(bodies)}) "\\n" '
+            f"{_marker(tokenizer.tool_call_end, tokenizer)}",
             *rules,
         ]
     )
