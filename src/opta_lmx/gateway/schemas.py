@@ -7,7 +7,7 @@ declared so that ``unsupported_parameters`` can name them instead of ignoring th
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -130,19 +130,26 @@ class ChatCompletionRequest(GenerationFields, kw_only=True, forbid_unknown_field
 
 
 _DECODER = msgspec.json.Decoder(ChatCompletionRequest)
+T = TypeVar("T")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`(?: - at `\$\.?(.*)`)?")
 _MISSING_FIELD = re.compile(r"missing required field `([^`]*)`(?: - at `\$\.?(.*)`)?")
 _AT_PATH = re.compile(r" - at `\$\.?(.*)`$")
 
 
-def decode_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Decode and validate; raises ``InvalidRequest``/``UnsupportedParameter`` naming the field."""
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Decode and validate a request body; raises ``InvalidRequest``/``UnsupportedParameter``
+    naming the field."""
     try:
-        request = _DECODER.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+
+
+def decode_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Decode and validate, also OpenAI's cross-field rules."""
+    request = decode_body(_DECODER, body)
     unsupported_parameters(request)
     check_tools(request)
     if request.response_format is not None and request.response_format.type == "json_schema":

@@ -25,7 +25,7 @@ from opta_lmx.gateway.chat import nth_seed, resolve, sampling_params
 from opta_lmx.gateway.completions import error_line
 from opta_lmx.gateway.generation import Collected, Job, merged, respond
 from opta_lmx.gateway.link import Pending
-from opta_lmx.gateway.schemas import MAX_CHOICES, GenerationFields, validation_error
+from opta_lmx.gateway.schemas import MAX_CHOICES, GenerationFields, decode_body
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs
 
@@ -47,12 +47,7 @@ _DECODER = msgspec.json.Decoder(CompletionRequest)
 
 
 def decode_completion_request(body: bytes) -> CompletionRequest:
-    try:
-        request = _DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    request = decode_body(_DECODER, body)
     if request.suffix:
         raise UnsupportedParameter("Unsupported parameter: 'suffix' (insertion) is not supported.", param="suffix")
     if request.logprobs is not None and request.echo:
