@@ -59,6 +59,11 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)  # generated so far
     history: list[int] = field(default_factory=list)  # what ``cache`` already holds before ``prompt``
 
+    @property
+    def held(self) -> list[int]:
+        """What the cache holds once started: generate_step feeds each token before yielding it."""
+        return self.history + self.prompt + self.tokens
+
 
 class Detached(NamedTuple):
     """A request taken out to continue elsewhere: ``prompt`` is what is left to feed, ``cache``
@@ -177,9 +182,7 @@ class SequentialGenerator:
         self._current = None
         if not self._keep_caches:
             return [], [Response(sequence.uid, token, logprobs, reason)]
-        # generate_step feeds each token before it yields it: the cache holds all of them.
-        held = sequence.history + sequence.prompt + sequence.tokens
-        return [], [Response(sequence.uid, token, logprobs, reason, sequence.cache, held)]
+        return [], [Response(sequence.uid, token, logprobs, reason, sequence.cache, sequence.held)]
 
     def remove(self, uids: list[int], return_prompt_caches: bool = False) -> dict[int, Any]:
         gone = set(uids)
@@ -189,29 +192,25 @@ class SequentialGenerator:
         if current is not None and current.uid in gone:
             self._current = None  # the generator object is dropped
             if return_prompt_caches and self._keep_caches and current.tokens:
-                caches[current.uid] = (current.cache, current.history + current.prompt + current.tokens)
+                caches[current.uid] = (current.cache, current.held)
         return caches
 
     def detach(self, uid: int) -> Detached | None:
         """Take a request out, with what it needs to go on in another generator."""
-        for sequence in self._waiting:
-            if sequence.uid == uid:
-                self._waiting.remove(sequence)
-                return Detached(
-                    sequence.prompt, sequence.cache if sequence.history else None, sequence.history,
-                    sequence.max_tokens, sequence.sampler, sequence.processors,
-                )
-        current = self._current
-        if current is None or current.uid != uid:
-            return None
-        self._current = None
-        if not current.tokens:  # never stepped: nothing computed to keep
+        if self._current is not None and self._current.uid == uid:
+            sequence, self._current = self._current, None
+        else:
+            sequence = next((s for s in self._waiting if s.uid == uid), None)
+            if sequence is None:
+                return None
+            self._waiting.remove(sequence)
+        if not sequence.tokens:  # never stepped: only a cached prefix (if any) to keep
+            cache = sequence.cache if sequence.history else None
             return Detached(
-                current.prompt, current.cache if current.history else None, current.history,
-                current.max_tokens, current.sampler, current.processors,
+                sequence.prompt, cache, sequence.history, sequence.max_tokens, sequence.sampler, sequence.processors
             )
         # The cache holds the last token too; the next generator must feed one token itself.
-        trim_prompt_cache(current.cache, 1)
-        tokens = current.history + current.prompt + current.tokens
-        left = current.max_tokens - len(current.tokens)
-        return Detached(tokens[-1:], current.cache, tokens[:-1], left, current.sampler, current.processors)
+        trim_prompt_cache(sequence.cache, 1)
+        held = sequence.held
+        left = sequence.max_tokens - len(sequence.tokens)
+        return Detached(held[-1:], sequence.cache, held[:-1], left, sequence.sampler, sequence.processors)
