@@ -21,27 +21,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from bench.load import LevelStats, messages, percentile
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else value * 1000.0
+from bench.load import LevelStats, messages
 
 
 def _stats(concurrency: int, ttfts: list[float], latencies: list[float], tokens: int, wall: float) -> LevelStats:
-    return LevelStats(
-        concurrency=concurrency,
-        requests=len(latencies),
-        errors=0,
-        tokens=tokens,
-        wall_s=wall,
-        tok_s=tokens / wall if wall > 0 else 0.0,
-        ttft_p50_ms=_ms(percentile(ttfts, 50)),
-        ttft_p95_ms=_ms(percentile(ttfts, 95)),
-        latency_p50_ms=_ms(percentile(latencies, 50)),
-        latency_p95_ms=_ms(percentile(latencies, 95)),
-        token_source="engine",
-    )
+    return LevelStats.of(concurrency, ttfts, latencies, tokens, wall, "engine")
 
 
 def run_stream(model: Any, tokenizer: Any, requests: int, max_tokens: int, unique: bool = True) -> LevelStats:

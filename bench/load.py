@@ -75,6 +75,38 @@ class LevelStats:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(
+        cls,
+        concurrency: int,
+        ttfts: list[float],
+        latencies: list[float],
+        tokens: int,
+        wall_s: float,
+        token_source: str,
+        errors: list[str] | None = None,
+    ) -> LevelStats:
+        """From per-request readings (seconds); ``errors`` are the failed requests' messages."""
+        errors = errors or []
+        samples: list[str] = []
+        for error in errors:
+            if error and error not in samples and len(samples) < 5:
+                samples.append(error)
+        return cls(
+            concurrency=concurrency,
+            requests=len(latencies) + len(errors),
+            errors=len(errors),
+            tokens=tokens,
+            wall_s=wall_s,
+            tok_s=tokens / wall_s if wall_s > 0 else 0.0,
+            ttft_p50_ms=_ms(percentile(ttfts, 50)),
+            ttft_p95_ms=_ms(percentile(ttfts, 95)),
+            latency_p50_ms=_ms(percentile(latencies, 50)),
+            latency_p95_ms=_ms(percentile(latencies, 95)),
+            token_source=token_source,
+            error_samples=samples,
+        )
+
 
 def percentile(values: list[float], q: float) -> float | None:
     """Linear-interpolated percentile (q in 0..100); None for no values."""
@@ -98,26 +130,10 @@ def level_stats(concurrency: int, results: list[RequestResult], wall_s: float) -
     ttfts = [r.ttft_s for r in results if r.ok and r.ttft_s is not None]
     latencies = [r.latency_s for r in results if r.ok]
     tokens = sum(r.tokens for r in results)
-    errors = [r for r in results if not r.ok]
     sources = {r.token_source for r in results if r.ok}
-    samples: list[str] = []
-    for r in errors:
-        if r.error and r.error not in samples and len(samples) < 5:
-            samples.append(r.error)
-    return LevelStats(
-        concurrency=concurrency,
-        requests=len(results),
-        errors=len(errors),
-        tokens=tokens,
-        wall_s=wall_s,
-        tok_s=tokens / wall_s if wall_s > 0 else 0.0,
-        ttft_p50_ms=_ms(percentile(ttfts, 50)),
-        ttft_p95_ms=_ms(percentile(ttfts, 95)),
-        latency_p50_ms=_ms(percentile(latencies, 50)),
-        latency_p95_ms=_ms(percentile(latencies, 95)),
-        token_source="usage" if sources == {"usage"} else ("chunks" if sources else "none"),
-        error_samples=samples,
-    )
+    source = "usage" if sources == {"usage"} else ("chunks" if sources else "none")
+    errors = [r.error or "" for r in results if not r.ok]
+    return LevelStats.of(concurrency, ttfts, latencies, tokens, wall_s, source, errors)
 
 
 def median_stats(reps: list[LevelStats]) -> dict[str, Any]:
