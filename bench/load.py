@@ -182,7 +182,8 @@ def chat_body(model: str, max_tokens: int, stream: bool = True, unique: bool = T
 async def stream_one(
     client: httpx.AsyncClient, url: str, body: dict[str, Any]
 ) -> RequestResult:
-    """Send one streaming chat request; TTFT is the first non-empty content delta."""
+    """Send one streaming chat request; TTFT is the first non-empty content delta, latency the
+    time to ``[DONE]``."""
     start = time.perf_counter()
     ttft: float | None = None
     chunks = 0
@@ -197,12 +198,19 @@ async def stream_one(
                     latency_s=time.perf_counter() - start,
                     error=f"HTTP {response.status_code}: {text[:300]}",
                 )
-            async for line in response.aiter_lines():
+            lines = response.aiter_lines()
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue
                 payload = line[5:].strip()
                 if payload == "[DONE]":
                     done = True
+                    latency = time.perf_counter() - start
+                    # Read the response to its end, as the openai SDK does: a response closed
+                    # unread makes httpx drop the connection, and every request would pay for a
+                    # new one (a TCP handshake, and a new connection in the server).
+                    async for _ in lines:
+                        pass
                     break
                 event = json.loads(payload)
                 if "error" in event:
@@ -231,11 +239,11 @@ async def stream_one(
             tokens=chunks,
             error=f"{type(exc).__name__}: {exc}"[:300],
         )
-    latency = time.perf_counter() - start
     tokens = usage_tokens if usage_tokens is not None else chunks
     source = "usage" if usage_tokens is not None else "chunks"
     if not done:
-        return RequestResult(False, latency, ttft, tokens, source, "stream ended without [DONE]")
+        elapsed = time.perf_counter() - start
+        return RequestResult(False, elapsed, ttft, tokens, source, "stream ended without [DONE]")
     return RequestResult(True, latency, ttft, tokens, source)
 
 
