@@ -205,6 +205,21 @@ def test_hung_worker_is_killed_and_restarted(make_server, tiny_model: Path) -> N
     assert "hung: 1 requests and no progress" in server.log()
 
 
+def test_a_long_prefill_is_progress_not_a_hang(make_server, tiny_model: Path) -> None:
+    # 4-token prompt chunks of 0.15 s each: the prefill takes ~2 s, past hang_timeout, before the
+    # first token; the chunks it finishes keep the worker's progress moving.
+    settings = "[supervisor]\nheartbeat_interval = 0.2\nhang_timeout = 1.0\n"
+    engine = 'engine = "tests.support.engines:SlowChunkPrefillEngine"\n[models.options]\nprefill_step_size = 4'
+    server: Server = make_server(settings + models_block({"m": (tiny_model, engine)}))
+    server.wait_models()
+    started = time.monotonic()
+    long_prompt = [{"role": "user", "content": "tell me about the sea and the lighthouse " * 8}]
+    reply = client_for(server).chat.completions.create(model="m", messages=long_prompt, max_tokens=4)
+    assert time.monotonic() - started > 1.5  # the prefill did outlast hang_timeout
+    assert reply.usage.completion_tokens <= 4
+    assert "hung" not in server.log()
+
+
 def test_lmxctl_commands_and_exit_codes(make_server, tiny_model: Path) -> None:
     server: Server = make_server(FAST + model_config({"m": tiny_model}))
     server.wait_models()

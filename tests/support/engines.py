@@ -17,7 +17,7 @@ class StallingEngine(MlxEngine):
     reporting: alive, busy, progress frozen — the picture of a hung worker."""
 
     def step(self) -> list[FromWorker]:
-        if self.progress >= STALL_AFTER:
+        if self.tokens_generated >= STALL_AFTER:
             while True:
                 time.sleep(3600)
         return super().step()
@@ -45,3 +45,24 @@ class SlowPrefillEngine(SlowEngine):
             self._prefill_pending = False
             time.sleep(SLOW_PREFILL_SECONDS)
         return super().step()
+
+
+SLOW_CHUNK_SECONDS = 0.15
+
+
+class SlowChunkPrefillEngine(MlxEngine):
+    """Each forward pass over more than one token (a prompt chunk) takes ``SLOW_CHUNK_SECONDS``
+    more: with a small ``prefill_step_size`` a prompt's prefill lasts longer than a short
+    ``hang_timeout`` while still moving chunk by chunk, as a long prompt on a large model does."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        model_class = type(self._model)
+
+        def slow_call(model, inputs, *rest, **named):  # type: ignore[no-untyped-def]
+            if inputs.shape[-1] > 1:
+                time.sleep(SLOW_CHUNK_SECONDS)
+            return model_class.__call__(model, inputs, *rest, **named)
+
+        # The generators already hold this model object: change what calling it does.
+        self._model.__class__ = type("SlowChunks", (model_class,), {"__call__": slow_call})

@@ -123,7 +123,7 @@ def test_concurrent_greedy_requests_equal_their_one_at_a_time_output(engine, ref
         assert transcript.terminal(rid) == msgspec.structs.replace(finished, request_id=rid)
         # The facts the other tests rely on: these run to max_tokens, the eos prompt stops early.
         assert finished.finish_reason == ("stop" if content == EOS_PROMPT else "length")
-    assert engine.progress == sum(transcript.terminal(rid).completion_tokens for rid in range(len(contents)))
+    assert engine.tokens_generated == sum(transcript.terminal(rid).completion_tokens for rid in range(len(contents)))
 
 
 def test_eos_ends_with_stop_and_counts_the_eos_token(engine, reference) -> None:
@@ -319,3 +319,33 @@ def test_a_solo_request_cancelled_or_cut_by_a_stop_string_leaves_cleanly(tiny_mo
     assert transcript.terminal(1).finish_reason == "stop"
     assert transcript.text(1) == full[: full.index(stop)]
     assert not engine._solo.active and engine.active == 0
+
+
+LONG_PROMPT = "tell me a story about " + "the sea and the lighthouse " * 12
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["alone", "batched"])
+def test_prefill_counts_as_progress(tiny_model: Path, joined: bool) -> None:
+    # The hang watchdog kills a busy worker whose progress stands still: a long prompt's prefill
+    # must move it before the first token, on the solo path (inside one generate_step call) and
+    # in the batch (a prompt chunk a step).
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(prefill_step_size=8, prompt_cache_entries=0))
+    prompt_len = len(engine.prompt_tokens(generate(0, LONG_PROMPT)))
+    assert prompt_len > 80
+    transcript = Transcript()
+    transcript.add(engine.submit(generate(0, LONG_PROMPT, max_tokens=4)))
+    if joined:  # a second request moves the first into the batch before it has started
+        transcript.add(engine.submit(generate(1, LONG_PROMPT + "!", max_tokens=4)))
+        transcript.add(engine.step())
+        assert engine.tokens_generated == 0 and engine.progress >= 2  # one chunk of each prompt
+        while engine.tokens_generated == 0:
+            transcript.add(engine.step())
+        # Every full chunk of 8 before the last token was counted, for both prompts.
+        assert engine.progress - engine.tokens_generated >= 2 * (prompt_len // 8 - 1)
+    else:
+        transcript.add(engine.step())  # the whole prefill and the first token
+        assert engine.tokens_generated == 1
+        assert engine.progress - 1 >= prompt_len // 8 - 1
+    drain(engine, transcript)
+    for rid in transcript.messages:
+        transcript.check(rid)

@@ -36,9 +36,9 @@ class Ready(msgspec.Struct, tag="ready", frozen=True):
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
-    """Every ~1 s. ``progress`` counts tokens produced since start: a busy worker whose
-    progress stands still is hung. ``first_token_seconds``: from the start of the load to the
-    first token this worker sent (0 until then)."""
+    """Every ~1 s. ``progress`` counts tokens produced and prompt chunks prefilled since start:
+    a busy worker whose progress stands still is hung. ``first_token_seconds``: from the start
+    of the load to the first token this worker sent (0 until then)."""
 
     generation: int
     progress: int

@@ -32,7 +32,8 @@ class Engine(Protocol):
 
     @property
     def progress(self) -> int:
-        """Tokens produced since start; a counter that stands still while ``active`` is hung."""
+        """Work done since start: tokens sampled plus prompt chunks prefilled. A counter that
+        stands still while ``active`` is hung; a long prompt's prefill moves it too."""
         ...
 
     def submit(self, request: Generate) -> list[FromWorker]: ...

@@ -82,12 +82,14 @@ class MlxEngine:
             quantized_kv_start=0,
             keep_caches=True,
             first_uid=_SOLO_UIDS,
+            on_prefill=self._prefilled,
         )
         entries = 0 if options.sequential else options.prompt_cache_entries
         self.prompt_cache = PromptCache(entries, options.prompt_cache_bytes)
         self._requests: dict[int, _Request] = {}
         self._by_uid: dict[int, _Request] = {}
-        self._progress = 0
+        self.tokens_generated = 0
+        self._prefill_chunks = 0
         self._logprobs = LogprobReader(self._tokenizer)
         tokenizer = self._tokenizer
         self._think = (tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None
@@ -105,6 +107,7 @@ class MlxEngine:
                 quantized_kv_start=options.quantized_kv_start,
                 draft_model=self._draft,
                 num_draft_tokens=options.num_draft_tokens,
+                on_prefill=self._prefilled,
             )
         return BatchGenerator(
             self._model,
@@ -121,7 +124,10 @@ class MlxEngine:
 
     @property
     def progress(self) -> int:
-        return self._progress
+        return self.tokens_generated + self._prefill_chunks
+
+    def _prefilled(self) -> None:
+        self._prefill_chunks += 1
 
     def prompt_tokens(self, request: Generate) -> list[int]:
         """The chat template's rendering of the messages, or a completion's prompt as it is."""
@@ -262,7 +268,7 @@ class MlxEngine:
         out: list[FromWorker] = []
         generator = self._solo if self._solo is not None and self._solo.active else self._batch
         try:
-            _prompt_progress, generated = generator.next()
+            prefilled, generated = generator.next()
         except SequenceFailed as exc:  # one request's generation failed: the queue goes on
             request = self._by_uid.get(exc.uid)
             if request is None:
@@ -273,6 +279,7 @@ class MlxEngine:
             self._batch = self._new_batch()
             self.prompt_cache.clear()  # with nothing carried over from that state either
             return out + self.abort_all("engine_error", f"{type(exc).__name__}: {exc}")
+        self._prefill_chunks += len(prefilled)  # the batch's prompt chunks (the solo path reports its own)
         leaving = []
         for response in generated:
             if not self._take(response, out) and response.finish_reason is None:
@@ -314,7 +321,7 @@ class MlxEngine:
         """Feed one token; the finish reason if the request ends with it."""
         token = response.token
         request.generated += 1  # every sampled token counts, eos included
-        self._progress += 1
+        self.tokens_generated += 1
         if token in self._eos:
             return "stop"
         reasoning, text, calls = request.text.feed(token)

@@ -91,6 +91,7 @@ class SequentialGenerator:
         num_draft_tokens: int = 3,
         keep_caches: bool = False,
         first_uid: int = 0,
+        on_prefill: Callable[[], None] = lambda: None,
     ) -> None:
         self.model = model
         self._eos = {t for tokens in stop_tokens for t in tokens}
@@ -102,6 +103,7 @@ class SequentialGenerator:
         self._current: _Sequence | None = None
         self._next_uid = first_uid
         self._keep_caches = keep_caches
+        self._on_prefill = on_prefill
 
     @property
     def active(self) -> bool:
@@ -152,7 +154,16 @@ class SequentialGenerator:
                 prompt_cache=cache,
                 **common,
             )
-        return generate_step(prompt, self.model, prompt_cache=sequence.cache, **common)
+        return generate_step(
+            prompt, self.model, prompt_cache=sequence.cache, prompt_progress_callback=self._prefilled, **common
+        )
+
+    def _prefilled(self, done: int, total: int) -> None:
+        # The whole prefill runs inside the first ``next``: each chunk is reported as it ends, so
+        # a long prompt shows progress (the hang watchdog reads it from another thread). The
+        # first call (0 done) precedes any work; the last (all done) comes with the first token.
+        if 0 < done < total:
+            self._on_prefill()
 
     def next(self) -> tuple[list[Any], list[Response]]:
         if self._current is None:
