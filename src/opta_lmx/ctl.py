@@ -79,12 +79,18 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.0f} MiB"
 
 
-def timings_line(status: ModelStatus, width: int) -> str:
-    """Where the last start's time went (``status -v``)."""
+def details_lines(status: ModelStatus, width: int) -> str:
+    """Where the last start's time went, and what the memory holds (``status -v``)."""
     first = f"{status.first_token_seconds:.2f}s" if status.first_token_seconds else "-"
-    return (
+    timings = (
         f"{'':<{width}}spawn {status.spawn_seconds:.2f}s, imports {status.import_seconds:.2f}s, "
         f"load {status.load_seconds:.2f}s, first token {first}"
+    )
+    if status.state != "RUNNING":
+        return timings
+    return timings + (
+        f"\n{'':<{width}}memory: uss {_mib(status.memory)}, mlx active {_mib(status.mlx_active)}, "
+        f"mlx cache {_mib(status.mlx_cache)}"
     )
 
 
@@ -110,7 +116,7 @@ def _status(client: Client, name: str | None, verbose: bool = False) -> int:
     for model in reply.models:
         print(status_line(model, width))
         if verbose:
-            print(timings_line(model, width))
+            print(details_lines(model, width))
     return 0 if all(m.state == "RUNNING" for m in reply.models) else EXIT_SOME_STOPPED
 
 
@@ -142,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="state of every model (or one)")
-    status.add_argument("-v", "--verbose", action="store_true", help="add where start-up time went")
+    status.add_argument("-v", "--verbose", action="store_true", help="add where start-up time went and what the memory holds")
     status.add_argument("name", nargs="?")
     for verb in ("start", "stop", "restart"):
         commands.add_parser(verb, help=f"{verb} a model's worker").add_argument("name")

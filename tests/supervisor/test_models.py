@@ -326,6 +326,10 @@ def test_jit_load_takes_the_warm_spare_and_reports_the_time_split(make_server, t
     spawn, imports, load, first = map(float, times.groups())
     assert imports < 0.5  # paid by the spare before the load was asked for
     assert first >= load
+    memory = re.search(r"memory: uss (\d+) MiB, mlx active (\d+) MiB, mlx cache (\d+) MiB", status.stdout)
+    assert memory, status.stdout
+    uss, active, _ = map(int, memory.groups())
+    assert uss > 20 and active <= uss  # a Python process with mlx imported; weights under 1 MiB
 
 
 def test_swap_by_reload_drains_the_running_stream(make_server, tiny_model: Path, tmp_path: Path) -> None:

@@ -32,6 +32,10 @@ class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     import_seconds: float = 0.0
     load_seconds: float = 0.0
     first_token_seconds: float = 0.0
+    # From the last heartbeat: MLX's arrays in use (weights, KV caches, prompt cache) and the
+    # freed buffers its allocator keeps for reuse; ``memory`` is the process's USS.
+    mlx_active: int = 0
+    mlx_cache: int = 0
     # Grows with every config reload; a subscriber that sees a newer one re-reads the config.
     config_version: int = 0
 

@@ -24,6 +24,7 @@ from opta_lmx.proto import (
     Heartbeat,
     Load,
     LoadFailed,
+    MemoryReading,
     ModelStatus,
     Ready,
     Shutdown,
@@ -116,6 +117,7 @@ class WorkerProcess:
         running = self.state is State.RUNNING
         # A STOPPING worker keeps its identity: its in-flight requests drain; nothing new is routed.
         serving = self.ready is not None and self.state in (State.RUNNING, State.STOPPING)
+        memory = self.last_heartbeat.memory if running and self.last_heartbeat else MemoryReading()
         return ModelStatus(
             name=self.name,
             state=self.state.value,
@@ -126,7 +128,9 @@ class WorkerProcess:
             ctx_len=self.ready.ctx_len if running and self.ready else 0,
             started_at=self.started_at,
             description=self.description,
-            memory=self.last_heartbeat.memory.uss if running and self.last_heartbeat else 0,
+            memory=memory.uss,
+            mlx_active=memory.mlx_active,
+            mlx_cache=memory.mlx_cache,
             active_requests=self.active_requests if running else 0,
             spawn_seconds=self.timings[0],
             import_seconds=self.timings[1],
