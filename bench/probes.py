@@ -51,8 +51,8 @@ def rss_mb(server: Server, pattern: str | None = None) -> float | None:
     return total / MB if procs else None
 
 
-def serving_worker_pid(server: Server) -> int | None:
-    """The pid of the worker serving the model, as ``lmxctl status`` reports it.
+def worker_status(server: Server) -> dict[str, float] | None:
+    """The serving worker's pid and its last heartbeat's MLX figures (MiB), from ``lmxctl status -v``.
 
     Asked of the supervisor rather than guessed from command lines: a warm spare is also an
     ``opta_lmx.worker`` process, and a spare promoted to serve a model keeps its ``--spare``
@@ -62,7 +62,7 @@ def serving_worker_pid(server: Server) -> int | None:
         return None
     try:
         done = subprocess.run(
-            [venv_bin("lmxctl"), "status", server.model],
+            [venv_bin("lmxctl"), "status", "-v", server.model],
             env=dict(os.environ, OPTA_LMX_HOME=str(server.home)),
             capture_output=True,
             text=True,
@@ -70,8 +70,19 @@ def serving_worker_pid(server: Server) -> int | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    match = re.search(r"\bpid (\d+)", done.stdout)
-    return int(match.group(1)) if match else None
+    pid = re.search(r"\bpid (\d+)", done.stdout)
+    if pid is None:
+        return None
+    status: dict[str, float] = {"pid": int(pid.group(1))}
+    memory = re.search(r"mlx active (\d+) MiB, mlx cache (\d+) MiB", done.stdout)
+    if memory:
+        status["mlx_active_mb"], status["mlx_cache_mb"] = map(float, memory.groups())
+    return status
+
+
+def serving_worker_pid(server: Server) -> int | None:
+    status = worker_status(server)
+    return int(status["pid"]) if status else None
 
 
 def _rss(pids: list[int]) -> float | None:
@@ -86,15 +97,31 @@ def _rss(pids: list[int]) -> float | None:
 
 
 def memory_snapshot(server: Server) -> dict[str, float | None]:
-    """Gateway, serving worker, warm spare and whole-tree RSS (the first three: Opta-LMX only)."""
-    worker = serving_worker_pid(server)
+    """Gateway, serving worker, warm spare and whole-tree RSS, and what MLX holds in the worker:
+    arrays in use (weights, KV caches, the prompt cache) and freed buffers kept for reuse (the
+    first five: Opta-LMX only; the MLX figures are the last heartbeat's, at most ~1 s old)."""
+    status = worker_status(server) or {}
+    worker = int(status["pid"]) if status else None
     spares = [p.pid for p in find(server, WORKER) if p.pid != worker]
     return {
         "gateway_rss_mb": rss_mb(server, GATEWAY),
         "worker_rss_mb": _rss([worker]) if worker else None,
+        "worker_mlx_active_mb": status.get("mlx_active_mb"),
+        "worker_mlx_cache_mb": status.get("mlx_cache_mb"),
         "spare_rss_mb": _rss(spares) if spares else None,
         "tree_rss_mb": rss_mb(server),
     }
+
+
+def wait_for_spare(server: Server, timeout_s: float) -> float | None:
+    """Seconds until Opta-LMX's warm spare is ready (it imports mlx-lm after the model loads,
+    taking CPU a measurement must not share), or None if none came within ``timeout_s``."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        if _spares_ready(server):
+            return time.perf_counter() - start
+        time.sleep(0.1)
+    return None
 
 
 class CpuMeter:

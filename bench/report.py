@@ -1,6 +1,9 @@
 """Ratios, targets and the outputs: a Markdown report, the JSON record, and an optional PNG plot.
 
 Every figure in the report is the median over repetitions; the JSON also keeps each repetition.
+Comparisons are paired: repetition k of one target against repetition k of the other, measured
+seconds apart, then the median of those ratios (or differences). The machine's speed changes from
+one minute to the next; a pair taken seconds apart shares the same machine.
 """
 
 from __future__ import annotations
@@ -19,11 +22,22 @@ TARGET_C8_RATIO = 0.70
 TARGET_TTFT_OVERHEAD_MS = 5.0
 TARGET_C32_RATIO = 0.60
 TARGET_GATEWAY_RSS_MB = 100.0
-
+TARGET_WORKER_EXTRA_MB = 150.0
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def paired(mine: list[dict[str, Any]], base: list[dict[str, Any]], key: str, compare: Any = _ratio) -> float | None:
+    """Median over repetitions k of ``compare(mine[k][key], base[k][key])``."""
+    values = [compare(a.get(key), b.get(key)) for a, b in zip(mine, base)]
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def tokens_per_cpu_second(reps: list[dict[str, Any]]) -> float | None:
@@ -38,35 +52,30 @@ def tokens_per_cpu_second(reps: list[dict[str, Any]]) -> float | None:
 
 def compute_ratios(model: dict[str, Any]) -> dict[str, Any]:
     """Each server against the in-process limit, and Opta-LMX against each peer, per level."""
-    inproc = model.get("inprocess") or {}
     inproc_reps = model.get("inprocess_reps") or {}
     servers = model.get("servers") or {}
     vs_inprocess: dict[str, dict[str, Any]] = {}
     for name, result in servers.items():
         vs_inprocess[name] = {}
-        for c, stats in (result.get("levels") or {}).items():
-            base = inproc.get(c) or {}
-            ttft, base_ttft = stats.get("ttft_p50_ms"), base.get("ttft_p50_ms")
+        for c, reps in (result.get("reps") or {}).items():
+            base = inproc_reps.get(c) or []
             vs_inprocess[name][c] = {
-                "tok_s_ratio": _ratio(stats.get("tok_s"), base.get("tok_s")),
-                "tok_per_cpu_s_ratio": _ratio(
-                    tokens_per_cpu_second((result.get("reps") or {}).get(c) or []),
-                    tokens_per_cpu_second(inproc_reps.get(c) or []),
-                ),
-                "ttft_p50_overhead_ms": ttft - base_ttft if ttft is not None and base_ttft is not None else None,
+                "tok_s_ratio": paired(reps, base, "tok_s"),
+                "tok_per_cpu_s_ratio": _ratio(tokens_per_cpu_second(reps), tokens_per_cpu_second(base)),
+                "ttft_p50_overhead_ms": paired(reps, base, "ttft_p50_ms", _difference),
             }
     opta_vs_peer: dict[str, dict[str, Any]] = {}
-    opta = (servers.get(OPTA) or {}).get("levels") or {}
+    opta = (servers.get(OPTA) or {}).get("reps") or {}
     for name, result in servers.items():
         if name == OPTA:
             continue
         opta_vs_peer[name] = {}
-        for c, stats in (result.get("levels") or {}).items():
-            mine = opta.get(c) or {}
+        for c, reps in (result.get("reps") or {}).items():
+            mine = opta.get(c) or []
             opta_vs_peer[name][c] = {
-                "tok_s_ratio": _ratio(mine.get("tok_s"), stats.get("tok_s")),
-                "ttft_p50_ratio": _ratio(mine.get("ttft_p50_ms"), stats.get("ttft_p50_ms")),
-                "latency_p50_ratio": _ratio(mine.get("latency_p50_ms"), stats.get("latency_p50_ms")),
+                "tok_s_ratio": paired(mine, reps, "tok_s"),
+                "ttft_p50_ratio": paired(mine, reps, "ttft_p50_ms"),
+                "latency_p50_ratio": paired(mine, reps, "latency_p50_ms"),
             }
     return {"vs_inprocess": vs_inprocess, "opta_vs_peer": opta_vs_peer}
 
@@ -110,11 +119,26 @@ def evaluate_targets(model: dict[str, Any]) -> list[dict[str, Any]]:
     rss = max(readings) if readings else None
     add("gateway RSS (max of idle, after 32-concurrent load)", f"<= {TARGET_GATEWAY_RSS_MB:g} MB", rss,
         None if rss is None else rss <= TARGET_GATEWAY_RSS_MB, _num(rss, " MB"))
+    extra, pool = worker_extra_mb(memory)
+    add("worker RSS beyond MLX arrays in use (weights, KV and prompt caches), after the heaviest load",
+        f"<= {TARGET_WORKER_EXTRA_MB:g} MB", extra, None if extra is None else extra <= TARGET_WORKER_EXTRA_MB,
+        "-" if extra is None else f"{extra:.1f} MB (of which MLX's pool of freed buffers {pool:.1f} MB)")
     swap = opta.get("hot_swap") or {}
     over = swap.get("over_load_ms")
     add("hot swap: first token vs bare load time", "<= load + 300 ms", over,
         None if over is None else over <= 300, _num(over, " ms"))
     return out
+
+
+def worker_extra_mb(memory: dict[str, Any]) -> tuple[float | None, float]:
+    """The serving worker's RSS minus what MLX's arrays hold, at the last reading that has both
+    (after the heaviest load, else idle), and MLX's buffer pool, which is part of that rest."""
+    for when in sorted(memory, key=lambda w: w.startswith("after_"), reverse=True):
+        snap = memory[when] or {}
+        rss, active = snap.get("worker_rss_mb"), snap.get("worker_mlx_active_mb")
+        if rss is not None and active is not None:
+            return rss - active, snap.get("worker_mlx_cache_mb") or 0.0
+    return None, 0.0
 
 
 def _num(value: float | None, unit: str = "", digits: int = 1) -> str:
@@ -213,7 +237,9 @@ def markdown(results: dict[str, Any]) -> str:
         ratios = model.get("ratios") or {}
         for name, result in (model.get("servers") or {}).items():
             if result.get("error"):
-                rows.append([name, *["-"] * 9, f"not run: {result['error'][:80]}", "-", "-"])
+                # The last line of the error says what went wrong; a table cell holds one line.
+                reason = ([line for line in result["error"].splitlines() if line.strip()] or ["?"])[-1]
+                rows.append([name, *["-"] * 9, f"not run: {reason[:120]}", "-", "-"])
                 continue
             for c, stats in (result.get("levels") or {}).items():
                 r = ratios.get("vs_inprocess", {}).get(name, {}).get(c, {})
@@ -231,7 +257,8 @@ def markdown(results: dict[str, Any]) -> str:
 
         peers = ratios.get("opta_vs_peer") or {}
         if peers:
-            lines += ["Opta-LMX vs each peer (ratio of medians; tok/s > 1 and TTFT/latency < 1 favour Opta-LMX):", ""]
+            lines += ["Opta-LMX vs each peer (median of per-repetition ratios; tok/s > 1 and TTFT/latency < 1 "
+                      "favour Opta-LMX):", ""]
             prow = []
             for peer, by_level in peers.items():
                 for c, r in by_level.items():
@@ -245,7 +272,8 @@ def markdown(results: dict[str, Any]) -> str:
             for c, r in by_level.items():
                 orow.append([name, c, _num(r.get("ttft_p50_overhead_ms"), " ms")])
         if orow:
-            lines += ["TTFT p50 overhead against the in-process engine at the same concurrency:", ""]
+            lines += ["TTFT p50 overhead against the in-process engine at the same concurrency (median of "
+                      "per-repetition differences):", ""]
             lines += _table(["server", "conc", "TTFT p50 - in-process"], orow) + [""]
 
         targets = model.get("targets") or []
@@ -259,15 +287,21 @@ def markdown(results: dict[str, Any]) -> str:
         for name, result in (model.get("servers") or {}).items():
             memory = result.get("memory") or {}
             for when, snap in memory.items():
+                mlx = "-" if snap.get("worker_mlx_active_mb") is None else (
+                    f"{snap['worker_mlx_active_mb']:.0f} / {snap.get('worker_mlx_cache_mb') or 0:.0f} MB")
                 prow.append([name, when, _num(snap.get("gateway_rss_mb"), " MB"),
-                             _num(snap.get("worker_rss_mb"), " MB"), _num(snap.get("spare_rss_mb"), " MB"),
+                             _num(snap.get("worker_rss_mb"), " MB"), mlx, _num(snap.get("spare_rss_mb"), " MB"),
                              _num(snap.get("tree_rss_mb"), " MB")])
-        lines += _table(["server", "when", "gateway RSS", "worker RSS", "warm spare RSS", "all processes RSS"],
-                        prow) + [""]
+        lines += _table(["server", "when", "gateway RSS", "worker RSS", "worker MLX in use / pool",
+                         "warm spare RSS", "all processes RSS"], prow) + [""]
 
         for name, result in (model.get("servers") or {}).items():
             if "start_s" in result:
-                lines.append(f"- {name}: ready {result['start_s']:.1f} s after start")
+                spare = result.get("spare_ready_s", "-")
+                spare = "" if spare == "-" else (
+                    "; its warm spare never said it was ready" if spare is None
+                    else f"; warm spare ready {spare:.1f} s after the warm-up, before the first level")
+                lines.append(f"- {name}: ready {result['start_s']:.1f} s after start{spare}")
         crash = ((model.get("servers") or {}).get(OPTA) or {}).get("crash_recovery")
         if crash:
             if crash.get("measured"):

@@ -50,9 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true",
                    help="also run the ~120M-parameter 'small' demo model (slow on CPU; see --small-levels)")
     p.add_argument("--levels", type=_levels, default=[1, 8, 32], help="concurrency levels (default 1,8,32)")
-    p.add_argument("--reps", type=int, help="repetitions per level (default 3, --quick 1)")
+    p.add_argument("--reps", type=int, help="repetitions per level (default 5, --quick 1)")
     p.add_argument("--requests", type=int,
-                   help="requests per level (default max(8, 2*concurrency); --quick max(4, concurrency))")
+                   help="requests per level (default max(16, 2*concurrency); --quick max(4, concurrency))")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--shared-prompt", action="store_true",
                    help="send the identical prompt every time (lets prompt caches hit; default: unique per request)")
@@ -80,7 +80,9 @@ def request_counts(levels: list[int], quick: bool, override: int | None, small: 
         return {c: max(2, c) for c in levels}
     if quick:
         return {c: max(4, c) for c in levels}
-    return {c: max(8, 2 * c) for c in levels}
+    # At one stream a request takes ~40 ms on the tiny model: 16 make a level last long enough
+    # that one hiccup of the machine does not decide it.
+    return {c: max(16, 2 * c) for c in levels}
 
 
 def machine() -> str:
@@ -161,6 +163,10 @@ def _start(
     target.result["warmup_errors"] = asyncio.run(
         warm_up(server.base_url, server.model, max_tokens, timeout_s, n=warm_requests, unique_prompts=unique)
     )
+    if name == servers.OPTA:
+        # Its warm spare starts once the model is loaded and imports mlx-lm for a second or two,
+        # on the cores the first levels would be measured on.
+        target.result["spare_ready_s"] = probes.wait_for_spare(server, timeout_s)
     time.sleep(1.0)  # let the warm-up's buffers settle before the idle reading
     target.result["memory"]["idle"] = probes.memory_snapshot(server)
     return target
@@ -174,7 +180,7 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
     """
     small = size == "small"
     levels = args.small_levels if small else args.levels
-    reps = args.small_reps if small else (args.reps or (1 if args.quick else 3))
+    reps = args.small_reps if small else (args.reps or (1 if args.quick else 5))
     counts = request_counts(levels, args.quick, args.requests, small)
     # A request on the small model at 8 streams takes minutes on a 2-core CPU.
     timeout_s = 900.0 if small else 120.0
@@ -226,7 +232,9 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
                     stats = target.level(c, counts[c], args.max_tokens, timeout_s, not args.shared_prompt)
                     target.reps.setdefault(c, []).append(stats)
                     if target.server is not None and c == top and rep == reps - 1:
-                        # Right after this server's heaviest load, before anything is trimmed.
+                        # Right after this server's heaviest load, before anything is trimmed
+                        # (a heartbeat later, so the MLX figures are from after the load too).
+                        time.sleep(1.2)
                         target.result["memory"][f"after_c{top}"] = probes.memory_snapshot(target.server)
                     print(f"  rep {rep + 1}/{reps} c={c} {target.name}: {stats.tok_s:.1f} tok/s, "
                           f"TTFT p50 {stats.ttft_p50_ms or 0:.1f} ms, {stats.errors} errors; CPU cores "
