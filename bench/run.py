@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process limit")
     p.add_argument("--no-crash", action="store_true", help="skip the Opta-LMX crash-recovery probe")
     p.add_argument("--opta-options", default="", help="TOML lines for the bench model's [models.options] (A/B runs)")
+    p.add_argument("--opta-b", metavar="OPTIONS", default=None,
+                   help="also measure a second Opta-LMX (opta-lmx-b) with these [models.options] TOML lines, "
+                        "interleaved with the first: an A/B of an option in one run")
     p.add_argument("--cache-dir", type=Path, default=BENCH / ".cache", help="where demo models are built")
     p.add_argument("--results-dir", type=Path, default=BENCH / "results")
     return p.parse_args(argv)
@@ -163,7 +166,7 @@ def _start(
     target.result["warmup_errors"] = asyncio.run(
         warm_up(server.base_url, server.model, max_tokens, timeout_s, n=warm_requests, unique_prompts=unique)
     )
-    if name == servers.OPTA:
+    if name in (servers.OPTA, servers.OPTA_B):
         # Its warm spare starts once the model is loaded and imports mlx-lm for a second or two,
         # on the cores the first levels would be measured on.
         target.result["spare_ready_s"] = probes.wait_for_spare(server, timeout_s)
@@ -191,8 +194,12 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
         "requests": {str(c): n for c, n in counts.items()}, "reps": reps, "servers": {},
     }
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if args.opta_b is not None:
+        names.insert(names.index(servers.OPTA) + 1 if servers.OPTA in names else 0, servers.OPTA_B)
     starters: dict[str, Callable[[], servers.Server]] = {
         servers.OPTA: lambda: servers.start_opta(model_dir, work_dir / size / "opta", start_timeout, args.opta_options),
+        servers.OPTA_B: lambda: servers.start_opta(
+            model_dir, work_dir / size / "opta-b", start_timeout, args.opta_b or "", servers.OPTA_B),
         servers.MLX_LM: lambda: servers.start_mlx_lm(model_dir, work_dir / size / "mlx_lm", start_timeout),
     }
     if args.vllm_mlx_python:

@@ -22,6 +22,7 @@ import httpx
 import psutil
 
 OPTA = "opta-lmx"
+OPTA_B = "opta-lmx-b"  # a second Opta-LMX with other model options, for A/B runs (--opta-b)
 MLX_LM = "mlx_lm.server"
 VLLM_MLX = "vllm-mlx"
 
@@ -99,7 +100,7 @@ def venv_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def start_opta(model_dir: Path, work_dir: Path, timeout_s: float, options: str = "") -> Server:
+def start_opta(model_dir: Path, work_dir: Path, timeout_s: float, options: str = "", name: str = OPTA) -> Server:
     """``opta-lmx serve`` with a one-model config; ready when /health says the model is RUNNING.
     ``options`` is TOML for the model's ``[models.options]`` table (for A/B runs)."""
     home = work_dir / "opta-home"
@@ -119,7 +120,7 @@ def start_opta(model_dir: Path, work_dir: Path, timeout_s: float, options: str =
         work_dir / "opta-lmx.log",
         env,
     )
-    server = Server(OPTA, f"http://127.0.0.1:{port}", "bench", proc, work_dir / "opta-lmx.log", home)
+    server = Server(name, f"http://127.0.0.1:{port}", "bench", proc, work_dir / "opta-lmx.log", home)
     _RUNNING.append(server)
 
     def ready(client: httpx.Client) -> bool:
