@@ -66,3 +66,23 @@ class SlowChunkPrefillEngine(MlxEngine):
 
         # The generators already hold this model object: change what calling it does.
         self._model.__class__ = type("SlowChunks", (model_class,), {"__call__": slow_call})
+
+
+SPIN_SECONDS = 2.5
+
+
+class SpinningStepEngine(MlxEngine):
+    """Each request's first step computes for ``SPIN_SECONDS`` (the CPU busy, no token and no
+    prompt chunk finished), as one big prompt chunk does on a CPU backend."""
+
+    def submit(self, request):  # type: ignore[no-untyped-def]
+        self._spin_pending = True
+        return super().submit(request)
+
+    def step(self) -> list[FromWorker]:
+        if getattr(self, "_spin_pending", False):
+            self._spin_pending = False
+            deadline = time.perf_counter() + SPIN_SECONDS
+            while time.perf_counter() < deadline:
+                pass
+        return super().step()

@@ -37,14 +37,16 @@ class Ready(msgspec.Struct, tag="ready", frozen=True):
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
     """Every ~1 s. ``progress`` counts tokens produced and prompt chunks prefilled since start:
-    a busy worker whose progress stands still is hung. ``first_token_seconds``: from the start
-    of the load to the first token this worker sent (0 until then)."""
+    a busy worker whose progress stands still, and who is not computing (``cpu_seconds``, the
+    process's CPU time, stands still too), is hung. ``first_token_seconds``: from the start of
+    the load to the first token this worker sent (0 until then)."""
 
     generation: int
     progress: int
     active_requests: int
     memory: MemoryReading
     first_token_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 class SpareReady(msgspec.Struct, tag="spare_ready", frozen=True):

@@ -37,6 +37,11 @@ from opta_lmx.supervisor.states import Backoff, State
 
 log = logging.getLogger("opta_lmx.supervisor")
 
+# A busy worker using at least this much CPU (cores, averaged between two heartbeats) is working,
+# even while no token or prompt chunk completes. A thread spinning without end would pass too;
+# the gateway's inter_token_timeout still ends its requests.
+_COMPUTING_CORES = 0.5
+
 
 class WorkerAddresses:
     def __init__(self, data: str, control: str) -> None:
@@ -84,6 +89,7 @@ class WorkerProcess:
         self.last_used = time.monotonic()
         self._heard_at = 0.0
         self._progress_at = 0.0
+        self._beat_at = 0.0  # when the last heartbeat came
         self._kill_reason: str | None = None
         self._report: asyncio.Future[WorkerReport] | None = None
         self._life: asyncio.Task[None] | None = None
@@ -196,15 +202,23 @@ class WorkerProcess:
             case Heartbeat():
                 previous = self.last_heartbeat
                 was_idle = previous is None or previous.active_requests == 0
-                # The hang clock runs only while busy: it restarts when work arrives after idling.
-                if was_idle or report.progress != previous.progress:
+                # The hang clock runs only while busy: it restarts when work arrives after idling,
+                # and while the worker computes (one step can outlast hang_timeout: a big prompt
+                # chunk on a CPU backend); a worker stuck waiting uses no CPU.
+                if was_idle or report.progress != previous.progress or self._computing(previous, report, now):
                     self._progress_at = now
+                self._beat_at = now
                 if report.active_requests > 0 or (previous and report.progress != previous.progress):
                     self.last_used = now
                 self.last_heartbeat = report
             case Ready() | LoadFailed():
                 if self._report is not None and not self._report.done():
                     self._report.set_result(report)
+
+    def _computing(self, previous: Heartbeat, report: Heartbeat, now: float) -> bool:
+        """Whether the worker used at least ``_COMPUTING_CORES`` of CPU since its last heartbeat."""
+        elapsed = now - self._beat_at
+        return elapsed > 0 and report.cpu_seconds - previous.cpu_seconds >= _COMPUTING_CORES * elapsed
 
     def liveness_problem(self, now: float) -> str | None:
         """Why a RUNNING worker must be killed (silent, or busy without progress), else None."""

@@ -68,6 +68,7 @@ class Heartbeats(threading.Thread):
         self.trim = threading.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(WorkerCommand)
+        self._process = psutil.Process()
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -87,6 +88,7 @@ class Heartbeats(threading.Thread):
             active_requests=self._engine.active,
             memory=process_memory(self._engine),
             first_token_seconds=self.first_token_seconds,
+            cpu_seconds=sum(self._process.cpu_times()[:2]),  # user + system
         )
         self._sock.send(self._encoder.encode(beat))
 
