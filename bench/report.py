@@ -278,7 +278,11 @@ def markdown(results: dict[str, Any]) -> str:
 
         targets = model.get("targets") or []
         if targets:
-            lines += ["Issue 5 targets (Opta-LMX; PASS/FAIL on the wall-clock ratio):", ""]
+            heading = "Issue 5 targets (Opta-LMX; PASS/FAIL on the wall-clock ratio):"
+            if size != "tiny":
+                heading = ("Issue 5's targets are set for the tiny model; the same checks on this one, for "
+                           "information (a first token here includes seconds of prefill):")
+            lines += [heading, ""]
             lines += _table(["target", "wanted", "measured", "status"],
                             [[t["target"], t["wanted"], t["shown"], t["status"]] for t in targets]) + [""]
 
@@ -325,7 +329,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"- Opta-LMX hot swap: first token of a model not yet loaded (JIT load through the warm "
                 f"spare, another model loaded) p50 {_num(swap.get('ttft_p50_s'), ' s', 3)} over "
                 f"{swap['ttft_s']}; the bare mlx_lm.load of it takes {_num(swap.get('bare_load_s'), ' s', 3)}: "
-                f"{_num(swap.get('over_load_ms'), ' ms')} over the load (target <= {swap['target_ms']} ms)"
+                f"{_num(swap.get('over_load_ms'), ' ms')} over the load (target <= {swap['target_ms']} ms); "
+                f"the same request's first token on the loaded model: "
+                f"{_num(swap.get('loaded_ttft_p50_s'), ' s', 3)} (p50)"
             )
         elif swap:
             lines.append(f"- Opta-LMX hot swap: not measured ({swap.get('reason')})")
