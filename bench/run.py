@@ -1,6 +1,6 @@
 """Benchmark Opta-LMX against the in-process mlx-lm limit and against peer servers (issue 5).
 
-    .venv/bin/python bench/run.py [--quick] [--small] [--vllm-mlx-python PATH]
+    .venv/bin/python bench/run.py [--quick] [--models tiny] [--vllm-mlx-python PATH]
 
 Builds the demo model(s), measures mlx-lm in-process, starts each server on a free 127.0.0.1 port,
 drives it with the same streaming chat load at each concurrency level, stops it, and writes
@@ -47,8 +47,6 @@ def _levels(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 repetition, fewer requests per level")
-    p.add_argument("--small", action="store_true",
-                   help="also run the ~120M-parameter 'small' demo model (slow on CPU; see --small-levels)")
     p.add_argument("--levels", type=_levels, default=[1, 8, 32], help="concurrency levels (default 1,8,32)")
     p.add_argument("--reps", type=int, help="repetitions per level (default 5, --quick 1)")
     p.add_argument("--requests", type=int,
@@ -57,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shared-prompt", action="store_true",
                    help="send the identical prompt every time (lets prompt caches hit; default: unique per request)")
     p.add_argument("--models", default=None,
-                   help="comma-separated demo model sizes to run (default tiny; tiny,small with --small)")
+                   help="comma-separated demo model sizes to run (default tiny,small; --quick: tiny); the "
+                        "~120M-parameter small one takes ~5 minutes on 2 CPU cores (see --small-levels)")
     p.add_argument("--small-levels", type=_levels, default=[1, 8],
                    help="levels for the small model (default 1,8: 32 streams take too long on CPU)")
     p.add_argument("--small-reps", type=int, default=1)
@@ -70,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--opta-b", metavar="OPTIONS", default=None,
                    help="also measure a second Opta-LMX (opta-lmx-b) with these [models.options] TOML lines, "
                         "interleaved with the first: an A/B of an option in one run")
+    p.add_argument("--opta-b-src", metavar="DIR", type=Path, default=None,
+                   help="run opta-lmx-b from another tree's src/ (e.g. a git worktree of an earlier commit): "
+                        "an A/B of a code change in one run; implies --opta-b if not given")
     p.add_argument("--cache-dir", type=Path, default=BENCH / ".cache", help="where demo models are built")
     p.add_argument("--results-dir", type=Path, default=BENCH / "results")
     return p.parse_args(argv)
@@ -194,12 +196,14 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
         "requests": {str(c): n for c, n in counts.items()}, "reps": reps, "servers": {},
     }
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if args.opta_b_src is not None and args.opta_b is None:
+        args.opta_b = ""
     if args.opta_b is not None:
         names.insert(names.index(servers.OPTA) + 1 if servers.OPTA in names else 0, servers.OPTA_B)
     starters: dict[str, Callable[[], servers.Server]] = {
         servers.OPTA: lambda: servers.start_opta(model_dir, work_dir / size / "opta", start_timeout, args.opta_options),
         servers.OPTA_B: lambda: servers.start_opta(
-            model_dir, work_dir / size / "opta-b", start_timeout, args.opta_b or "", servers.OPTA_B),
+            model_dir, work_dir / size / "opta-b", start_timeout, args.opta_b or "", servers.OPTA_B, args.opta_b_src),
         servers.MLX_LM: lambda: servers.start_mlx_lm(model_dir, work_dir / size / "mlx_lm", start_timeout),
     }
     if args.vllm_mlx_python:
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         sizes = [m.strip() for m in args.models.split(",") if m.strip()]
     else:
-        sizes = ["tiny"] + (["small"] if args.small else [])
+        sizes = ["tiny"] if args.quick else ["tiny", "small"]
     # Server logs, configs and Opta-LMX's data dir of the last run, kept for inspection.
     work_dir = args.cache_dir / "last-run"
     shutil.rmtree(work_dir, ignore_errors=True)

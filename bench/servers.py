@@ -100,9 +100,13 @@ def venv_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def start_opta(model_dir: Path, work_dir: Path, timeout_s: float, options: str = "", name: str = OPTA) -> Server:
+def start_opta(
+    model_dir: Path, work_dir: Path, timeout_s: float, options: str = "", name: str = OPTA, src: Path | None = None
+) -> Server:
     """``opta-lmx serve`` with a one-model config; ready when /health says the model is RUNNING.
-    ``options`` is TOML for the model's ``[models.options]`` table (for A/B runs)."""
+    ``options`` is TOML for the model's ``[models.options]`` table and ``src`` another tree's
+    ``src`` directory to run instead of this one (``PYTHONPATH``, inherited by its children): for
+    A/B runs."""
     home = work_dir / "opta-home"
     home.mkdir(parents=True, exist_ok=True)
     config = work_dir / "opta-lmx.toml"
@@ -114,6 +118,8 @@ def start_opta(model_dir: Path, work_dir: Path, timeout_s: float, options: str =
     )
     port = free_port()
     env = dict(os.environ, OPTA_LMX_HOME=str(home))
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src.resolve()), *filter(None, [env.get("PYTHONPATH")])])
     t0 = time.perf_counter()
     proc = _spawn(
         [venv_bin("opta-lmx"), "serve", "--config", str(config), "--port", str(port)],
