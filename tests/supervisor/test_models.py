@@ -199,7 +199,7 @@ def test_hung_worker_is_killed_and_restarted(make_server, tiny_model: Path) -> N
         settings + models_block({"stuck": (tiny_model, 'engine = "tests.support.engines:StallingEngine"')})
     )
     server.wait_models()
-    with pytest.raises(openai.APIError, match="stopped while generating"):
+    with pytest.raises(openai.APIError, match="stopped while serving this request"):
         client_for(server).chat.completions.create(model="stuck", messages=MESSAGES, max_tokens=50)
     server.wait_models()
     assert "hung: 1 requests and no progress" in server.log()

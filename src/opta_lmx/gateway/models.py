@@ -157,7 +157,7 @@ class ModelTable:
             self._link.fail_identity(
                 old.identity,
                 WorkerCrashed(
-                    f"The worker serving '{status.name}' stopped while generating "
+                    f"The worker serving '{status.name}' stopped while serving this request "
                     f"({status.state}: {status.description}); retry the request."
                 ),
             )

@@ -282,7 +282,7 @@ class WorkerProcess:
             return f"killed by the supervisor: {self._kill_reason} ({describe_exit(returncode)})"
         how = describe_exit(returncode)
         if returncode == -signal.SIGKILL:
-            how += ", likely the kernel's out-of-memory killer"
+            how += ": the kernel's out-of-memory killer, or another process"
         return f"exited unexpectedly ({how}): {log_tail(self.log_path)}"
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> str | None:
