@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", type=_levels, default=[1, 8, 32], help="concurrency levels (default 1,8,32)")
     p.add_argument("--reps", type=int, help="repetitions per level (default 5, --quick 1)")
     p.add_argument("--requests", type=int,
-                   help="requests per level (default max(16, 2*concurrency); --quick max(4, concurrency))")
+                   help="requests per level (default max(24, 4*concurrency); --quick max(4, concurrency))")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--shared-prompt", action="store_true",
                    help="send the identical prompt every time (lets prompt caches hit; default: unique per request)")
@@ -85,9 +85,10 @@ def request_counts(levels: list[int], quick: bool, override: int | None, small: 
         return {c: max(2, c) for c in levels}
     if quick:
         return {c: max(4, c) for c in levels}
-    # At one stream a request takes ~40 ms on the tiny model: 16 make a level last long enough
-    # that one hiccup of the machine does not decide it.
-    return {c: max(16, 2 * c) for c in levels}
+    # On the tiny model a request takes ~40 ms alone and a wave of 32 ~300 ms: 24 requests, or
+    # four waves, make a level last about a second, so that neither one hiccup of the machine nor
+    # the ramp at a level's start and end (fewer streams than the level's) decides it.
+    return {c: max(24, 4 * c) for c in levels}
 
 
 def machine() -> str:
