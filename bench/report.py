@@ -58,7 +58,8 @@ def compute_ratios(model: dict[str, Any]) -> dict[str, Any]:
     for name, result in servers.items():
         vs_inprocess[name] = {}
         for c, reps in (result.get("reps") or {}).items():
-            base = inproc_reps.get(c) or []
+            # The limit measured right before each of this server's levels, when the run has them.
+            base = (result.get("inprocess_pairs") or {}).get(c) or inproc_reps.get(c) or []
             vs_inprocess[name][c] = {
                 "tok_s_ratio": paired(reps, base, "tok_s"),
                 "tok_per_cpu_s_ratio": _ratio(tokens_per_cpu_second(reps), tokens_per_cpu_second(base)),

@@ -141,6 +141,8 @@ class Target:
         self.server = server
         self.inproc = inproc
         self.reps: dict[int, list[LevelStats]] = {}
+        # A server's: the in-process limit measured right before each of its levels.
+        self.pairs: dict[int, list[LevelStats]] = {}
         self.result: dict[str, Any] = {}
 
     def level(self, c: int, n: int, max_tokens: int, timeout_s: float, unique: bool) -> LevelStats:
@@ -178,11 +180,29 @@ def _start(
     return target
 
 
-def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
-    """Every target at every level, interleaved: rep by rep, level by level, target by target.
+def _measure(target: Target, rep: int, reps: int, c: int, n: int, args: argparse.Namespace,
+             timeout_s: float, top: int) -> LevelStats:
+    stats = target.level(c, n, args.max_tokens, timeout_s, not args.shared_prompt)
+    target.reps.setdefault(c, []).append(stats)
+    if target.server is not None and c == top and rep == reps - 1:
+        # Right after this server's heaviest load, before anything is trimmed (a heartbeat
+        # later, so the MLX figures are from after the load too).
+        time.sleep(1.2)
+        target.result["memory"][f"after_c{top}"] = probes.memory_snapshot(target.server)
+    print(f"  rep {rep + 1}/{reps} c={c} {target.name}: {stats.tok_s:.1f} tok/s, "
+          f"TTFT p50 {stats.ttft_p50_ms or 0:.1f} ms, {stats.errors} errors; CPU cores "
+          f"server {stats.server_cpu_cores or 0:.2f} client {stats.client_cpu_cores or 0:.2f} "
+          f"other {stats.other_cpu_cores or 0:.2f}", file=sys.stderr, flush=True)
+    return stats
 
-    The machine is shared and its load changes by the second, so each level is run on every
-    target back to back (the order rotated each repetition) rather than one target at a time.
+
+def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    """Every target at every level, interleaved: rep by rep, level by level, server by server.
+
+    The machine is shared and its speed changes from one second to the next, so each level is
+    run on every server back to back (the order rotated each repetition) rather than one server
+    at a time, and the in-process limit is measured again right before each server's level: a
+    server is compared with the limit taken a second or two earlier.
     """
     small = size == "small"
     levels = args.small_levels if small else args.levels
@@ -237,21 +257,18 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
                 print(f"  {name} did not start: {exc}", file=sys.stderr, flush=True)
                 model["servers"][name] = {"error": str(exc)}
         top = max(levels)
+        served = [t for t in targets if t.server is not None]
+        limit = next((t for t in targets if t.inproc is not None), None)
         for rep in range(reps):
-            order = targets[rep % len(targets):] + targets[: rep % len(targets)] if targets else []
+            order = served[rep % len(served):] + served[: rep % len(served)] if served else []
             for c in levels:
+                if limit is not None and not order:
+                    _measure(limit, rep, reps, c, counts[c], args, timeout_s, top)
                 for target in order:
-                    stats = target.level(c, counts[c], args.max_tokens, timeout_s, not args.shared_prompt)
-                    target.reps.setdefault(c, []).append(stats)
-                    if target.server is not None and c == top and rep == reps - 1:
-                        # Right after this server's heaviest load, before anything is trimmed
-                        # (a heartbeat later, so the MLX figures are from after the load too).
-                        time.sleep(1.2)
-                        target.result["memory"][f"after_c{top}"] = probes.memory_snapshot(target.server)
-                    print(f"  rep {rep + 1}/{reps} c={c} {target.name}: {stats.tok_s:.1f} tok/s, "
-                          f"TTFT p50 {stats.ttft_p50_ms or 0:.1f} ms, {stats.errors} errors; CPU cores "
-                          f"server {stats.server_cpu_cores or 0:.2f} client {stats.client_cpu_cores or 0:.2f} "
-                          f"other {stats.other_cpu_cores or 0:.2f}", file=sys.stderr, flush=True)
+                    if limit is not None:
+                        target.pairs.setdefault(c, []).append(
+                            _measure(limit, rep, reps, c, counts[c], args, timeout_s, top))
+                    _measure(target, rep, reps, c, counts[c], args, timeout_s, top)
         for target in targets:
             if target.server is not None and target.server.name == servers.OPTA:
                 print("  hot swap: first token of a model not yet loaded ...", file=sys.stderr, flush=True)
@@ -274,7 +291,10 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
         if target.inproc is not None:
             model["inprocess"], model["inprocess_reps"] = levels_out, reps_out
         else:
-            model["servers"][target.name] = {**target.result, "levels": levels_out, "reps": reps_out}
+            pairs = {str(c): [x.to_dict() for x in v] for c, v in target.pairs.items()}
+            model["servers"][target.name] = {
+                **target.result, "levels": levels_out, "reps": reps_out, "inprocess_pairs": pairs,
+            }
     # Keep the configured order in the report (a failed server was recorded earlier).
     model["servers"] = {n: model["servers"][n] for n in [*names, servers.VLLM_MLX] if n in model["servers"]}
     model["ratios"] = report.compute_ratios(model)
