@@ -32,19 +32,29 @@ class SlowEngine(MlxEngine):
         return super().step()
 
 
-class SlowPrefillEngine(SlowEngine):
-    """Like ``SlowEngine``, and each request's first step takes ``SLOW_PREFILL_SECONDS`` more,
-    like a long prompt: the worker is busy while its progress counter has not moved yet."""
+class FirstStepEngine(MlxEngine):
+    """Calls ``first_step`` before the first step that follows each ``submit``."""
 
     def submit(self, request):  # type: ignore[no-untyped-def]
-        self._prefill_pending = True
+        self._first_pending = True
         return super().submit(request)
 
     def step(self) -> list[FromWorker]:
-        if getattr(self, "_prefill_pending", False):
-            self._prefill_pending = False
-            time.sleep(SLOW_PREFILL_SECONDS)
+        if getattr(self, "_first_pending", False):
+            self._first_pending = False
+            self.first_step()
         return super().step()
+
+    def first_step(self) -> None:
+        raise NotImplementedError
+
+
+class SlowPrefillEngine(FirstStepEngine, SlowEngine):
+    """Like ``SlowEngine``, and each request's first step takes ``SLOW_PREFILL_SECONDS`` more,
+    like a long prompt: the worker is busy while its progress counter has not moved yet."""
+
+    def first_step(self) -> None:
+        time.sleep(SLOW_PREFILL_SECONDS)
 
 
 SLOW_CHUNK_SECONDS = 0.15
@@ -71,18 +81,11 @@ class SlowChunkPrefillEngine(MlxEngine):
 SPIN_SECONDS = 2.5
 
 
-class SpinningStepEngine(MlxEngine):
+class SpinningStepEngine(FirstStepEngine):
     """Each request's first step computes for ``SPIN_SECONDS`` (the CPU busy, no token and no
     prompt chunk finished), as one big prompt chunk does on a CPU backend."""
 
-    def submit(self, request):  # type: ignore[no-untyped-def]
-        self._spin_pending = True
-        return super().submit(request)
-
-    def step(self) -> list[FromWorker]:
-        if getattr(self, "_spin_pending", False):
-            self._spin_pending = False
-            deadline = time.perf_counter() + SPIN_SECONDS
-            while time.perf_counter() < deadline:
-                pass
-        return super().step()
+    def first_step(self) -> None:
+        deadline = time.perf_counter() + SPIN_SECONDS
+        while time.perf_counter() < deadline:
+            pass
