@@ -176,8 +176,13 @@ def start_vllm_mlx(python: str, model_dir: Path, work_dir: Path, timeout_s: floa
     script = Path(python).parent / "vllm-mlx"
     head = [str(script)] if script.exists() else [python, "-m", "vllm_mlx.cli"]
     argv = head + ["serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--continuous-batching"]
+    # vllm-mlx saves its prefix cache under ~/.cache/vllm-mlx at exit and loads it at start: with
+    # a home of its own per run, no run answers from an earlier run's prompts (the request
+    # numbers in the prompts start again at 1 every run).
+    home = work_dir / "home"
+    home.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = _spawn(argv, work_dir / "vllm-mlx.log")
+    proc = _spawn(argv, work_dir / "vllm-mlx.log", dict(os.environ, HOME=str(home)))
     server = Server(VLLM_MLX, f"http://127.0.0.1:{port}", str(model_dir), proc, work_dir / "vllm-mlx.log")
     _RUNNING.append(server)
     _wait_ready(server, lambda c: c.get(server.base_url + "/v1/models").status_code == 200, timeout_s)

@@ -148,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="state of every model (or one)")
-    status.add_argument("-v", "--verbose", action="store_true", help="add where start-up time went and what the memory holds")
+    status.add_argument(
+        "-v", "--verbose", action="store_true", help="add where start-up time went and what the memory holds"
+    )
     status.add_argument("name", nargs="?")
     for verb in ("start", "stop", "restart"):
         commands.add_parser(verb, help=f"{verb} a model's worker").add_argument("name")
