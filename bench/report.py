@@ -248,11 +248,14 @@ def markdown(results: dict[str, Any]) -> str:
                 rows.append(_level_row(name, c, stats, ratio, per_cpu))
         lines += _table(header, rows) + [""]
         lines += [
-            "CPU cores = CPU seconds / wall seconds during the level: the server's processes, this "
-            "client, and the rest of the machine (other users' jobs, VM steal); 2 cores in all. "
-            "\"per CPU-s\" compares generated tokens per CPU second of the server's processes with "
-            "the same for the in-process engine (median over reps): it discounts how much CPU each "
-            "got from a busy machine.",
+            "\"vs in-process\" is the median over repetitions of a server's tok/s over the in-process "
+            "tok/s measured just before that level (the in-process rows give the medians of all its "
+            "runs, so the tok/s columns of two rows can differ more than the ratio when the machine's "
+            "speed swung). CPU cores = CPU seconds / wall seconds during the level: the server's "
+            "processes, this client, and the rest of the machine (other users' jobs, VM steal); 2 "
+            "cores in all. \"per CPU-s\" compares generated tokens per CPU second of the server's "
+            "processes with the same for the in-process engine (median over reps): it discounts how "
+            "much CPU each got from a busy machine.",
             "",
         ]
 
