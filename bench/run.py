@@ -46,7 +46,7 @@ def _levels(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 repetition, fewer requests per level")
+    p.add_argument("--quick", action="store_true", help="the tiny model only, 1 repetition, fewer requests per level")
     p.add_argument("--levels", type=_levels, default=[1, 8, 32], help="concurrency levels (default 1,8,32)")
     p.add_argument("--reps", type=int, help="repetitions per level (default 5, --quick 1)")
     p.add_argument("--requests", type=int,
@@ -74,7 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "an A/B of a code change in one run; implies --opta-b if not given")
     p.add_argument("--cache-dir", type=Path, default=BENCH / ".cache", help="where demo models are built")
     p.add_argument("--results-dir", type=Path, default=BENCH / "results")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.opta_b_src is not None and args.opta_b is None:
+        args.opta_b = ""
+    return args
 
 
 def request_counts(levels: list[int], quick: bool, override: int | None, small: bool = False) -> dict[int, int]:
@@ -217,8 +220,6 @@ def bench_model(size: str, args: argparse.Namespace, work_dir: Path) -> dict[str
         "requests": {str(c): n for c, n in counts.items()}, "reps": reps, "servers": {},
     }
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    if args.opta_b_src is not None and args.opta_b is None:
-        args.opta_b = ""
     if args.opta_b is not None:
         names.insert(names.index(servers.OPTA) + 1 if servers.OPTA in names else 0, servers.OPTA_B)
     starters: dict[str, Callable[[], servers.Server]] = {
