@@ -1,9 +1,11 @@
 """Ratios, targets and the outputs: a Markdown report, the JSON record, and an optional PNG plot.
 
 Every figure in the report is the median over repetitions; the JSON also keeps each repetition.
-Comparisons are paired: repetition k of one target against repetition k of the other, measured
-seconds apart, then the median of those ratios (or differences). The machine's speed changes from
-one minute to the next; a pair taken seconds apart shares the same machine.
+Comparisons are paired, then the median of the pairs' ratios (or differences) is quoted: a server
+level against the in-process level run just before it (``inprocess_pairs``; runs made before
+those existed pair repetition k with repetition k), and repetition k of Opta-LMX against
+repetition k of a peer. The machine's speed changes from one second to the next; a pair taken
+seconds apart shares the same machine.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.servers import OPTA
 
@@ -33,7 +35,12 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-def paired(mine: list[dict[str, Any]], base: list[dict[str, Any]], key: str, compare: Any = _ratio) -> float | None:
+def paired(
+    mine: list[dict[str, Any]],
+    base: list[dict[str, Any]],
+    key: str,
+    compare: Callable[[float | None, float | None], float | None] = _ratio,
+) -> float | None:
     """Median over repetitions k of ``compare(mine[k][key], base[k][key])``."""
     values = [compare(a.get(key), b.get(key)) for a, b in zip(mine, base)]
     values = [v for v in values if v is not None]

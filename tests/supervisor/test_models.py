@@ -222,7 +222,8 @@ def test_a_long_prefill_is_progress_not_a_hang(make_server, tiny_model: Path) ->
 
 def test_a_step_that_computes_past_hang_timeout_is_not_a_hang(make_server, tiny_model: Path) -> None:
     # One step busy for 2.5 s with no token or chunk finished: the worker's CPU time moves, so it
-    # is working, not hung (a stuck worker, as in the test above, uses no CPU).
+    # is working, not hung (a stuck worker, as in test_hung_worker_is_killed_and_restarted, uses
+    # no CPU).
     settings = "[supervisor]\nheartbeat_interval = 0.2\nhang_timeout = 1.0\n"
     engine = 'engine = "tests.support.engines:SpinningStepEngine"'
     server: Server = make_server(settings + models_block({"m": (tiny_model, engine)}))
