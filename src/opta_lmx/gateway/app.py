@@ -1,9 +1,6 @@
-"""The Starlette application: routes and the one place API errors become HTTP responses."""
+"""The Starlette application: every dialect's routes, and the errors no route answered."""
 
 from __future__ import annotations
-
-import logging
-import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -11,45 +8,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opta_lmx.errors import ApiError, InvalidRequest
-from opta_lmx.gateway.chat import chat_completions
+from opta_lmx.errors import InvalidRequest
+from opta_lmx.gateway import openai
+from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.state import GatewayState
-from opta_lmx.gateway.text_completions import completions
-
-log = logging.getLogger("opta_lmx.gateway")
-
-_STARTED = int(time.time())
-
-
-def api_error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
-
-
-async def _on_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return api_error_response(exc)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
+    # No route, or not this method: the OpenAI shape, which most clients of a local server read.
     assert isinstance(exc, HTTPException)
     error = InvalidRequest(exc.detail or "request not allowed")
     error.status = exc.status_code
     error.code = "not_found" if exc.status_code == 404 else "method_not_allowed"
-    return api_error_response(error)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    # A bug: log the traceback here, give the client the error shape, never a bare 500 page.
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    error = ApiError(f"Internal error: {type(exc).__name__}. The server log has the details.")
-    return api_error_response(error)
-
-
-async def list_models(request: Request) -> Response:
-    state: GatewayState = request.app.state.gateway
-    names = [name for model in state.config.models for name in (model.name, *model.aliases)]
-    data = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx"} for name in names]
-    return JSONResponse({"object": "list", "data": data})
+    return openai_error(error)
 
 
 async def health(request: Request) -> Response:
@@ -64,21 +35,7 @@ async def health(request: Request) -> Response:
 
 
 def create_app(state: GatewayState) -> Starlette:
-    routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/completions", completions, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-    ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={
-            ApiError: _on_api_error,
-            HTTPException: _on_http_error,
-            Exception: _on_unexpected,
-        },
-    )
+    routes = [*openai.routes(), Route("/health", health, methods=["GET"])]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _on_http_error})
     app.state.gateway = state
     return app

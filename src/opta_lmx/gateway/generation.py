@@ -20,8 +20,6 @@ from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Failed, Finished, FromWorker, Started, TokenChunk, TokenLogprobs, ToolCall
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_LOADING_KEEPALIVE = 2.0
 
 
 class Job(NamedTuple):
@@ -37,10 +35,6 @@ class Collected(NamedTuple):
     logprobs: list[TokenLogprobs] | None
     reasoning: str = ""
     tool_calls: list[ToolCall] = []
-
-
-def sse(lines: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(lines, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 async def prepare(state: GatewayState, job: Job) -> Pending:
@@ -72,18 +66,27 @@ async def prepare_all(state: GatewayState, jobs: list[Job]) -> list[Pending]:
     return list(results)  # type: ignore[arg-type]
 
 
-async def next_message(state: GatewayState, pending: Pending) -> FromWorker:
-    """The next worker message; a terminal Failed or a gateway-side error is raised."""
+async def next_message(state: GatewayState, pending: Pending, keepalive: float | None = None) -> FromWorker | None:
+    """The next worker message; a terminal Failed or a gateway-side error is raised. With
+    ``keepalive``, None after that many seconds without one (the stream says something to keep
+    its client from timing out); the inter-token timeout counts on across those."""
     try:
         message = pending.queue.get_nowait()  # under load one is often waiting: no timer to arm
     except asyncio.QueueEmpty:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limit = state.config.server.inter_token_timeout
+        left = limit - (now - pending.silent_since) if pending.silent_since is not None else limit
         try:
-            async with asyncio.timeout(state.config.server.inter_token_timeout):
+            async with asyncio.timeout(min(left, keepalive) if keepalive else left):
                 message = await pending.queue.get()
         except TimeoutError:
-            raise GenerationTimeout(
-                f"No output from the model for {state.config.server.inter_token_timeout:g}s."
-            ) from None
+            if keepalive and loop.time() - (pending.silent_since or now) < limit:
+                if pending.silent_since is None:
+                    pending.silent_since = now
+                return None
+            raise GenerationTimeout(f"No output from the model for {limit:g}s.") from None
+    pending.silent_since = None
     if isinstance(message, ApiError):
         raise message
     if isinstance(message, Failed):
@@ -91,34 +94,38 @@ async def next_message(state: GatewayState, pending: Pending) -> FromWorker:
     return message
 
 
-async def merged(state: GatewayState, pendings: list[Pending]) -> AsyncIterator[tuple[int, TokenChunk | Finished]]:
-    """Each choice's chunks and its Finished, tagged with the choice's index, as they come.
+Item = tuple[int, TokenChunk | Finished | None]
+
+
+async def merged(state: GatewayState, pendings: list[Pending], keepalive: float | None = None) -> AsyncIterator[Item]:
+    """Each choice's chunks and its Finished, tagged with the choice's index, as they come; with
+    ``keepalive``, ``(index, None)`` after that many seconds without any (see ``next_message``).
 
     Raises the first error of any choice; all choices are cancelled on the way out.
     """
     try:
         if len(pendings) == 1:  # the common case, without a task per choice
             while True:
-                message = await next_message(state, pendings[0])
-                if isinstance(message, (TokenChunk, Finished)):
+                message = await next_message(state, pendings[0], keepalive)
+                if message is None or isinstance(message, (TokenChunk, Finished)):
                     yield 0, message
                     if isinstance(message, Finished):
                         return
-        async for item in _interleave(state, pendings):
+        async for item in _interleave(state, pendings, keepalive):
             yield item
     finally:
         for pending in pendings:
             state.link.cancel(pending)
 
 
-async def _interleave(state: GatewayState, pendings: list[Pending]) -> AsyncIterator[tuple[int, TokenChunk | Finished]]:
-    out: asyncio.Queue[tuple[int, TokenChunk | Finished] | ApiError] = asyncio.Queue()
+async def _interleave(state: GatewayState, pendings: list[Pending], keepalive: float | None) -> AsyncIterator[Item]:
+    out: asyncio.Queue[Item | ApiError] = asyncio.Queue()
 
     async def pump(index: int, pending: Pending) -> None:
         try:
             while True:
-                message = await next_message(state, pending)
-                if isinstance(message, (TokenChunk, Finished)):
+                message = await next_message(state, pending, keepalive)
+                if message is None or isinstance(message, (TokenChunk, Finished)):
                     out.put_nowait((index, message))
                     if isinstance(message, Finished):
                         return
@@ -154,7 +161,7 @@ async def collect_all(state: GatewayState, pendings: list[Pending]) -> list[Coll
                 calls[index].extend(message.tool_calls)
                 if message.logprobs:
                     logprobs[index].extend(message.logprobs)
-            else:
+            elif message is not None:
                 finished[index] = message
     return [
         Collected("".join(p), f, lp, "".join(r), c)
@@ -183,22 +190,41 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+class StreamFormat(NamedTuple):
+    """How a dialect streams: its media type, what it sends to keep a quiet stream alive (None:
+    nothing, so a stream for a model still loading waits for it before answering), and its
+    terminal error line."""
+
+    media_type: str
+    keepalive: bytes | None
+    error_line: Callable[[ApiError], bytes]
+
+
+# Seconds without output before a stream sends its keep-alive line (a cold load, a long prefill).
+KEEPALIVE_SECONDS = 2.0
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+Lines = Callable[[list[Pending]], AsyncIterator[bytes]]
+
+
 async def respond(
     request: Request,
     state: GatewayState,
     jobs: list[Job],
     running: bool,
-    stream: Callable[[list[Pending]], AsyncIterator[bytes]] | None,
-    whole: Callable[[list[Collected]], dict[str, Any]],
-    error_line: Callable[[ApiError], bytes],
+    stream: Lines | None,
+    whole: Callable[[list[Collected]], Any],
+    form: StreamFormat,
 ) -> Response:
-    """A route's answer: an SSE stream (``stream`` shapes its lines) or one JSON object
-    (``whole`` shapes it from every choice's collected output); 499 if the client left."""
+    """A route's answer: a stream (``stream`` shapes its lines) or one JSON object (``whole``
+    shapes it from every choice's collected output); 499 if the client left."""
     if stream is not None:
-        if not running:
-            # A load can take long: answer now and keep the connection warm with SSE comments.
-            return sse(after_load(state, jobs, stream, error_line))
-        return sse(stream(await prepare_all(state, jobs)))
+        if not running and form.keepalive is not None:
+            # A load can take long: answer now and keep the connection warm meanwhile.
+            lines = after_load(state, jobs, stream, form)
+        else:
+            lines = stream(await prepare_all(state, jobs))
+        return StreamingResponse(lines, media_type=form.media_type, headers=_STREAM_HEADERS)
     pendings = await prepare_all(state, jobs)
     collected = await unless_disconnected(request, collect_all(state, pendings))
     if collected is None:
@@ -206,23 +232,19 @@ async def respond(
     return JSONResponse(whole(collected))
 
 
-async def after_load(
-    state: GatewayState,
-    jobs: list[Job],
-    stream: Callable[[list[Pending]], AsyncIterator[bytes]],
-    error_line: Callable[[ApiError], bytes],
-) -> AsyncIterator[bytes]:
-    """For a model that is not loaded yet: SSE comments while it loads, then the stream."""
+async def after_load(state: GatewayState, jobs: list[Job], stream: Lines, form: StreamFormat) -> AsyncIterator[bytes]:
+    """For a model that is not loaded yet: keep-alive lines while it loads, then the stream."""
+    assert form.keepalive is not None
     preparing = asyncio.ensure_future(prepare_all(state, jobs))
     try:
         while True:
-            done, _ = await asyncio.wait({preparing}, timeout=_LOADING_KEEPALIVE)
+            done, _ = await asyncio.wait({preparing}, timeout=KEEPALIVE_SECONDS)
             if done:
                 break
-            yield b": loading model\n\n"
+            yield form.keepalive
         pendings = preparing.result()
     except ApiError as error:
-        yield error_line(error)
+        yield form.error_line(error)
         return
     finally:
         if not preparing.done():

@@ -115,12 +115,15 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
 class Pending:
     """One in-flight request: what the worker sends for it, or the error that ended it."""
 
-    __slots__ = ("request_id", "identity", "queue")
+    __slots__ = ("request_id", "identity", "queue", "silent_since")
 
     def __init__(self, request_id: int, identity: bytes) -> None:
         self.request_id = request_id
         self.identity = identity
         self.queue = Mailbox()
+        # While a stream is kept alive without output: since when (the inter-token timeout counts
+        # from there, across the keep-alive lines).
+        self.silent_since: float | None = None
 
 
 class WorkerLink:

@@ -1,4 +1,4 @@
-"""OpenAI request bodies as msgspec Structs: the decoder validates, and names the path on error.
+"""OpenAI request bodies (chat and text completions) as msgspec Structs: the decoder validates, and names the path on error.
 
 Unknown fields are refused (``forbid_unknown_fields``); fields we know but do not honour yet are
 declared so that ``unsupported_parameters`` can name them instead of ignoring them.
@@ -6,13 +6,13 @@ declared so that ``unsupported_parameters`` can name them instead of ignoring th
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
 from opta_lmx.errors import InvalidRequest, UnsupportedParameter
+from opta_lmx.gateway.decoding import decode_body
 
 
 class TextPart(msgspec.Struct, tag="text", forbid_unknown_fields=True):
@@ -84,6 +84,8 @@ class JsonSchemaSpec(msgspec.Struct, forbid_unknown_fields=True):
 class ResponseFormat(msgspec.Struct, forbid_unknown_fields=True):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
+    # ``json_object`` with a schema: vLLM's and llama.cpp's extension, which instructor sends.
+    schema: dict[str, Any] | None = None
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -130,21 +132,6 @@ class ChatCompletionRequest(GenerationFields, kw_only=True, forbid_unknown_field
 
 
 _DECODER = msgspec.json.Decoder(ChatCompletionRequest)
-T = TypeVar("T")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`(?: - at `\$\.?(.*)`)?")
-_MISSING_FIELD = re.compile(r"missing required field `([^`]*)`(?: - at `\$\.?(.*)`)?")
-_AT_PATH = re.compile(r" - at `\$\.?(.*)`$")
-
-
-def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
-    """Decode and validate a request body; raises ``InvalidRequest``/``UnsupportedParameter``
-    naming the field."""
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
 
 
 def decode_chat_request(body: bytes) -> ChatCompletionRequest:
@@ -162,22 +149,6 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     if request.top_logprobs and not request.logprobs:
         raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
     return request
-
-
-def _join(path: str | None, field: str) -> str:
-    return f"{path}.{field}" if path else field
-
-
-def validation_error(message: str) -> InvalidRequest | UnsupportedParameter:
-    if match := _UNKNOWN_FIELD.search(message):
-        param = _join(match.group(2), match.group(1))
-        return UnsupportedParameter(f"Unsupported parameter: '{param}' is not supported.", param=param)
-    if match := _MISSING_FIELD.search(message):
-        param = _join(match.group(2), match.group(1))
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
-    match = _AT_PATH.search(message)
-    param = match.group(1) if match else None
-    return InvalidRequest(f"Invalid value for '{param}': {message}" if param else message, param=param)
 
 
 def unsupported_parameters(request: ChatCompletionRequest) -> None:

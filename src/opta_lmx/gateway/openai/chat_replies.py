@@ -11,35 +11,15 @@ import secrets
 import time
 from typing import Any
 
-import msgspec
-
 from opta_lmx.errors import ApiError
-from opta_lmx.gateway.generation import Collected
+from opta_lmx.gateway.generation import Collected, StreamFormat
+from opta_lmx.gateway.sse import data_event, json_line_safe
 from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs, ToolCall
-
-_json = msgspec.json.Encoder()
 
 DONE_LINE = b"data: [DONE]\n\n"
 
 # Marks where the text goes in a content chunk's template; NULs never occur in a model name.
 _PLACEHOLDER = "\x00opta-lmx-text\x00"
-# JSON allows these raw in a string, but line-splitting clients (``str.splitlines``, which httpx's
-# ``aiter_lines`` follows) break an SSE line at them: send them escaped. UTF-8 never has these
-# byte sequences inside another character, so replacing the bytes is exact.
-_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
-
-
-def _json_line_safe(value: Any) -> bytes:
-    """``value`` as JSON with no character that a line-splitting client reads as a line break."""
-    data = _json.encode(value)
-    if b"\xc2\x85" in data or b"\xe2\x80" in data:
-        for raw, escaped in _LINE_BREAKS:
-            data = data.replace(raw, escaped)
-    return data
-
-
-def _event(value: Any) -> bytes:
-    return b"data: " + _json_line_safe(value) + b"\n\n"
 
 
 def usage(finished: list[Finished]) -> dict[str, Any]:
@@ -86,7 +66,7 @@ class ChatStream:
         self._finished: list[Finished] = []
         self._calls: dict[int, int] = {}  # tool calls streamed so far, per choice
         template = self._line([_choice(0, {"content": _PLACEHOLDER}, None)])
-        self._head, placeholder, self._tail = template.partition(_json_line_safe(_PLACEHOLDER))
+        self._head, placeholder, self._tail = template.partition(json_line_safe(_PLACEHOLDER))
         assert placeholder, "the content chunk template lost its placeholder"
 
     def _line(self, choices: list[dict[str, Any]], usage_value: dict[str, Any] | None = None) -> bytes:
@@ -100,14 +80,14 @@ class ChatStream:
         }
         if self.include_usage:
             chunk["usage"] = usage_value
-        return _event(chunk)
+        return data_event(chunk)
 
     def role_line(self, index: int = 0) -> bytes:
         return self._line([_choice(index, {"role": "assistant", "content": ""}, None)])
 
     def chunk_line(self, text: str) -> bytes:
         """The same bytes as ``_line([_choice(0, {"content": text}, None)])``, built per token."""
-        return self._head + _json_line_safe(text) + self._tail
+        return self._head + json_line_safe(text) + self._tail
 
     def delta_line(self, chunk: TokenChunk, index: int = 0) -> bytes:
         """Any chunk (reasoning, logprobs, tool calls, another choice's): built from a dict."""
@@ -156,7 +136,11 @@ def logprobs_json(entries: list[TokenLogprobs] | None) -> dict[str, Any] | None:
 
 def error_line(error: ApiError) -> bytes:
     """A terminal error event inside an already started stream (the SDKs raise on it)."""
-    return _event(error.body())
+    return data_event(error.body())
+
+
+KEEPALIVE_LINE = b": keep-alive\n\n"  # an SSE comment: clients skip it
+STREAM = StreamFormat("text/event-stream", KEEPALIVE_LINE, error_line)
 
 
 def chat_completion(model: str, choices: list[Collected], with_logprobs: bool = False) -> dict[str, Any]:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from opta_lmx.errors import InvalidRequest, UnsupportedParameter
-from opta_lmx.gateway.schemas import decode_chat_request, message_text, stop_list
+from opta_lmx.gateway.openai.requests import decode_chat_request, message_text, stop_list
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from opta_lmx.errors import ApiError
-from opta_lmx.gateway.completions import DONE_LINE, ChatStream, error_line
+from opta_lmx.gateway.openai.chat_replies import DONE_LINE, ChatStream, error_line
 from opta_lmx.proto import Finished, TokenChunk, ToolCall
 
 TEXTS = [

@@ -21,15 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from opta_lmx.errors import ApiError, InvalidRequest, UnsupportedParameter
-from opta_lmx.gateway.chat import nth_seed, resolve, sampling_params
-from opta_lmx.gateway.completions import error_line
-from opta_lmx.gateway.generation import Collected, Job, merged, respond
+from opta_lmx.gateway.decoding import decode_body
+from opta_lmx.gateway.generation import KEEPALIVE_SECONDS, Collected, merged, respond
+from opta_lmx.gateway.jobs import choices, resolve
 from opta_lmx.gateway.link import Pending
-from opta_lmx.gateway.schemas import MAX_CHOICES, GenerationFields, decode_body
+from opta_lmx.gateway.openai.chat import sampling_params
+from opta_lmx.gateway.openai.chat_replies import KEEPALIVE_LINE, STREAM, error_line
+from opta_lmx.gateway.openai.requests import MAX_CHOICES, GenerationFields
+from opta_lmx.gateway.sse import data_event
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs
-
-_json = msgspec.json.Encoder()
 
 # msgspec takes one list type in a union; the mix of element kinds is checked in ``prompts``.
 Prompt = str | list[str | int | list[int]]
@@ -81,31 +82,30 @@ def prompts(prompt: Prompt) -> list[dict[str, Any]]:
 async def completions(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     body = decode_completion_request(await request.body())
-    model, preset, running = resolve(state, body.model)
+    target = resolve(state, body.model)
     each = prompts(body.prompt)
     if len(each) * body.n > MAX_CHOICES:
         raise InvalidRequest(f"At most {MAX_CHOICES} choices (prompts x n) per request.", param="n")
-    params = sampling_params(body, preset)
+    params = sampling_params(body, target.preset)
     if body.logprobs is not None:
         params = msgspec.structs.replace(params, logprobs=True, top_logprobs=body.logprobs)
-    jobs = [
-        Job(model.name, {**fields, "echo": body.echo, "params": nth_seed(params, i)})
-        for fields in each
-        for i in range(body.n)
-    ]
+    name = target.model.name
+    jobs = [job for fields in each for job in choices(name, {**fields, "echo": body.echo}, params, body.n)]
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    shape = TextCompletion(model.name, include_usage, logprobs=body.logprobs is not None, n=body.n)
+    shape = TextCompletion(name, include_usage, logprobs=body.logprobs is not None, n=body.n)
     lines = partial(_stream, state, shape=shape) if body.stream else None
-    return await respond(request, state, jobs, running, lines, shape.whole, error_line)
+    return await respond(request, state, jobs, target.running, lines, shape.whole, STREAM)
 
 
 async def _stream(state: GatewayState, pendings: list[Pending], shape: TextCompletion) -> AsyncIterator[bytes]:
     usage = [0, 0]
     offsets = [0] * len(pendings)  # text_offset goes on from chunk to chunk
     try:
-        async with aclosing(merged(state, pendings)) as messages:
+        async with aclosing(merged(state, pendings, KEEPALIVE_SECONDS)) as messages:
             async for index, message in messages:
-                if isinstance(message, TokenChunk):
+                if message is None:
+                    yield KEEPALIVE_LINE
+                elif isinstance(message, TokenChunk):
                     logprobs = None
                     if message.logprobs is not None:
                         logprobs = legacy_logprobs(message.logprobs, offsets[index])
@@ -184,7 +184,7 @@ class TextCompletion:
         chunk = self._object(choices)
         if self.include_usage:
             chunk["usage"] = usage
-        return b"data: " + _json.encode(chunk) + b"\n\n"
+        return data_event(chunk)
 
     def whole(self, collected: list[Collected]) -> dict[str, Any]:
         reply = self._object(
