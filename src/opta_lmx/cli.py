@@ -1,7 +1,7 @@
 """``opta-lmx``: serve the configured models, or write a demo model.
 
     opta-lmx serve [--config FILE] [--host 127.0.0.1] [--port 1234]
-    opta-lmx demo-model PATH [--size tiny|small] [--seed 0] [--thinking]
+    opta-lmx demo-model PATH [--size tiny|small] [--seed 0] [--thinking] [--context N]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", choices=["tiny", "small"], default="tiny")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--thinking", action="store_true", help="a reasoning variant with <think> markers")
+    demo.add_argument("--context", type=int, help="context length in tokens (default: the size's own)")
     return parser
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-model":
         from opta_lmx.demo.builder import build_demo_model
 
-        build_demo_model(args.path, args.size, args.seed, args.thinking)
+        build_demo_model(args.path, args.size, args.seed, args.thinking, args.context)
         print(f"wrote {args.size} demo model to {args.path}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")

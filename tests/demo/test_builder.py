@@ -56,3 +56,11 @@ def test_small_shape_is_in_the_benchmark_range(size: str) -> None:
     ) + 3 * s.hidden_size * s.intermediate_size
     total = s.num_hidden_layers * per_layer + 2 * s.vocab_size * s.hidden_size
     assert 100e6 <= total <= 200e6
+
+
+def test_context_length_can_be_set(tmp_path: Path) -> None:
+    from opta_lmx.demo.builder import build_demo_model
+
+    path = build_demo_model(tmp_path / "long", "tiny", context=32768)
+    assert json.loads((path / "config.json").read_text())["max_position_embeddings"] == 32768
+    assert json.loads((path / "tokenizer_config.json").read_text())["model_max_length"] == 32768

@@ -77,12 +77,17 @@ SHAPES: dict[str, Shape] = {
 }
 
 
-def build_demo_model(path: Path, size: Size = "tiny", seed: int = 0, thinking: bool = False) -> Path:
+def build_demo_model(
+    path: Path, size: Size = "tiny", seed: int = 0, thinking: bool = False, context: int | None = None
+) -> Path:
     """Write the model into ``path`` (created if missing); returns ``path``. Deterministic per seed.
 
     ``thinking`` adds ``<think>``/``</think>`` tokens and a template that opens the thinking block,
-    the way reasoning models do."""
+    the way reasoning models do. ``context`` sets the context length (the size's own otherwise):
+    agent clients send system prompts of many thousand tokens."""
     shape = SHAPES[size]
+    if context is not None:
+        shape = msgspec.structs.replace(shape, max_position_embeddings=context)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(shape.vocab_size, size, SPECIAL_TOKENS + TOOL_TOKENS + (THINKING_TOKENS if thinking else []))
     _write_tokenizer(path / "tokenizer.json", tokenizer)
