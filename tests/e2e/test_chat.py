@@ -189,3 +189,15 @@ def test_stream_interval_sets_how_many_tokens_a_chunk_carries(make_server, tiny_
         assert counts["held"] <= 6 and counts["held"] * 2 < counts["eager"], counts  # seen: 4 and 37
     finally:
         client.close()
+
+
+def test_a_slow_prefill_streams_keep_alive_comments(make_server, tiny_model: Path) -> None:
+    engine = 'engine = "tests.support.engines:SpinningStepEngine"'
+    server = make_server(f'[[models]]\nname = "spin"\npath = "{tiny_model}"\n{engine}\n')
+    server.wait_models()
+    body = {"model": "spin", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = [line for line in response.read().decode().splitlines() if line]
+    # The role chunk goes at once; then 2.5 s of prefill without output gets a comment.
+    assert lines[0].startswith("data: ") and lines[1] == ": keep-alive", lines
+    assert lines[-1] == "data: [DONE]"

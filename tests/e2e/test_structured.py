@@ -160,3 +160,15 @@ def test_n_choices_each_have_their_index_and_usage_counts_them_all(client: opena
             streamed[choice.index] += choice.delta.content or ""
     assert streamed == [c.message.content for c in reply.choices]
     assert chunks[-1].usage and chunks[-1].usage.completion_tokens == 24
+
+
+def test_json_object_with_a_schema_is_enforced(client: openai.OpenAI) -> None:
+    # What instructor's JSON mode sends (vLLM's and llama.cpp's extension of json_object).
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer"}}, "required": ["name", "age"]}
+    for seed in range(3):
+        reply = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=200, seed=seed,
+            response_format={"type": "json_object", "schema": schema},  # type: ignore[typeddict-unknown-key]
+        )
+        value = json.loads(reply.choices[0].message.content or "")
+        jsonschema.validate(value, {**schema, "additionalProperties": False})

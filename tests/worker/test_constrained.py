@@ -182,3 +182,24 @@ def test_the_mask_fits_the_logits_whatever_the_configs_vocab_size(engine: MlxEng
     allowed = [i for i, v in enumerate(out[0].tolist()) if v > float("-inf")]
     assert out.shape == (1, width)
     assert allowed and all(i < min(width, 512) for i in allowed)
+
+
+def test_objects_that_omit_additional_properties_get_only_their_keys(engine: MlxEngine) -> None:
+    # As Pydantic writes schemas: no "additionalProperties". Left open, a random model fills the
+    # object with keys of its own until max_tokens.
+    open_schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city"],
+    }
+    closed = {**open_schema, "additionalProperties": False}
+    tool = Tool("forecast", None, open_schema)
+    requests = [ask(rid, json_schema=json.dumps(open_schema)) for rid in range(4)]
+    requests += [ask(rid, tools=[tool], tool_choice="required", parallel_tool_calls=False) for rid in range(4, 8)]
+    transcript = run(engine, *requests)
+    for rid in range(4):
+        assert transcript.terminal(rid).finish_reason == "stop", transcript.terminal(rid)
+        jsonschema.validate(json.loads(transcript.text(rid)), closed)
+    for rid in range(4, 8):
+        (call,) = calls_of(transcript, rid)
+        jsonschema.validate(json.loads(call.arguments), closed)

@@ -36,3 +36,10 @@ def test_no_stop_text_is_held_back_needlessly() -> None:
     matcher = StopMatcher(["xyz"])
     assert matcher.feed("hello x") == "hello "
     assert matcher.feed("a") == "xa"
+
+
+def test_the_stop_string_that_ended_the_text_is_known() -> None:
+    matcher = StopMatcher(["world", "lo"])
+    assert matcher.matched is None
+    out = matcher.feed("hel") + matcher.feed("lo world")
+    assert out == "hel" and matcher.stopped and matcher.matched == "lo"  # the first to appear wins

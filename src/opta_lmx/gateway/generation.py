@@ -46,6 +46,7 @@ async def prepare(state: GatewayState, job: Job) -> Pending:
         first = await next_message(state, pending)
         if not isinstance(first, Started):
             raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
+        pending.started = first
     except BaseException:
         state.link.cancel(pending)
         raise

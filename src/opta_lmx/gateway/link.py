@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from opta_lmx.errors import ApiError, WorkerUnavailable
-from opta_lmx.proto import Cancel, Failed, Finished, FromWorker, Generate, TokenChunk, ToWorker
+from opta_lmx.proto import Cancel, Failed, Finished, FromWorker, Generate, Started, TokenChunk, ToWorker
 
 log = logging.getLogger("opta_lmx.gateway")
 
@@ -115,7 +115,7 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
 class Pending:
     """One in-flight request: what the worker sends for it, or the error that ended it."""
 
-    __slots__ = ("request_id", "identity", "queue", "silent_since")
+    __slots__ = ("request_id", "identity", "queue", "silent_since", "started")
 
     def __init__(self, request_id: int, identity: bytes) -> None:
         self.request_id = request_id
@@ -124,6 +124,7 @@ class Pending:
         # While a stream is kept alive without output: since when (the inter-token timeout counts
         # from there, across the keep-alive lines).
         self.silent_since: float | None = None
+        self.started: Started | None = None  # the worker's acceptance: prompt and cached tokens
 
 
 class WorkerLink:

@@ -68,7 +68,10 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     ``json_schema`` (JSON text) constrains the output to JSON that validates against it. ``tools``
     are rendered through the chat template and the model's calls parsed; ``tool_choice`` is
     ``"auto"`` (the model decides) or ``"required"`` (constrained to call one of ``tools``, at most
-    one call unless ``parallel_tool_calls``)."""
+    one call unless ``parallel_tool_calls``).
+
+    ``count_only`` asks for the prompt's length alone (Anthropic's ``count_tokens``): the worker
+    renders and tokenizes it, answers ``Started`` and ``Finished``, and generates nothing."""
 
     request_id: int
     messages: list[ChatMessage] = []
@@ -80,6 +83,7 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     tools: list[Tool] = []
     tool_choice: str = "auto"
     parallel_tool_calls: bool = True
+    count_only: bool = False
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True):
@@ -92,10 +96,12 @@ ToWorker = Generate | Cancel
 
 
 class Started(msgspec.Struct, tag="s", array_like=True, frozen=True):
-    """The prompt was accepted (it fits the context); generation begins."""
+    """The prompt was accepted (it fits the context); generation begins. ``cached_tokens`` of the
+    ``prompt_tokens`` come from the engine's prompt cache (known before the prefill)."""
 
     request_id: int
     prompt_tokens: int
+    cached_tokens: int = 0
 
 
 class TokenLogprob(msgspec.Struct, array_like=True, frozen=True):
@@ -129,13 +135,15 @@ class TokenChunk(msgspec.Struct, tag="t", array_like=True, frozen=True):
 
 class Finished(msgspec.Struct, tag="f", array_like=True, frozen=True):
     """``cached_tokens``: how many of the ``prompt_tokens`` came from the engine's prompt cache
-    (their KV state reused, not computed again)."""
+    (their KV state reused, not computed again). ``stop_sequence``: the stop string that ended the
+    output, if one did."""
 
     request_id: int
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
 
 
 class Failed(msgspec.Struct, tag="e", array_like=True, frozen=True):

@@ -20,7 +20,7 @@ import time
 import msgspec
 import zmq
 
-from opta_lmx.proto import Cancel, Failed, FromWorker, Generate, Started, TokenChunk, ToWorker
+from opta_lmx.proto import Cancel, Failed, Finished, FromWorker, Generate, Started, TokenChunk, ToWorker
 from opta_lmx.worker.engines.base import Engine
 from opta_lmx.worker.liveness import Heartbeats
 
@@ -127,6 +127,8 @@ class ModelLoop:
             match message:
                 case Generate(request_id=rid) if self._drain.is_set():
                     self._send([Failed(rid, "model_unavailable", "the model is being unloaded; retry")])
+                case Generate(count_only=True):
+                    self._send(self._count(message))
                 case Generate():
                     try:
                         replies = self._engine.submit(message)
@@ -135,6 +137,15 @@ class ModelLoop:
                     self._send(replies)
                 case Cancel(request_id=rid):
                     self._send(self._engine.cancel(rid))
+
+    def _count(self, request: Generate) -> list[FromWorker]:
+        """A count-only request: the prompt's length, nothing generated."""
+        rid = request.request_id
+        try:
+            count = len(self._engine.prompt_tokens(request))
+        except Exception as exc:  # the chat template rejected the messages (jinja raise)
+            return [Failed(rid, "invalid_request", f"chat template failed: {exc}")]
+        return [Started(rid, count), Finished(rid, "stop", count, 0)]
 
     def _send(self, messages: list[FromWorker]) -> None:
         self._outbox.send(messages)

@@ -12,16 +12,20 @@ class StopMatcher:
     def __init__(self, stops: list[str]) -> None:
         self._stops = [s for s in stops if s]
         self._pending = ""
-        self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
+
+    @property
+    def stopped(self) -> bool:
+        return self.matched is not None
 
     def feed(self, text: str) -> str:
-        """Safe text to emit now; sets ``stopped`` when a stop string appeared (it is cut off)."""
+        """Safe text to emit now; sets ``matched`` when a stop string appeared (it is cut off)."""
         if not self._stops:
             return text
         self._pending += text
-        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
+        found = [(at, stop) for stop in self._stops if (at := self._pending.find(stop)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda item: item[0])  # the first to appear
             out, self._pending = self._pending[:cut], ""
             return out
         keep = self._longest_stop_prefix_suffix()

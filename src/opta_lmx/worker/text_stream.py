@@ -33,6 +33,11 @@ class TextStream:
         return self._stops.stopped
 
     @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended the text, if one did."""
+        return self._stops.matched
+
+    @property
     def called(self) -> bool:
         """At least one tool call was parsed."""
         return self._tools is not None and self._tools.called

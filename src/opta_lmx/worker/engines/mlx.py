@@ -202,7 +202,7 @@ class MlxEngine:
         self._requests[rid] = entry
         self._by_uid[uid] = entry
         # Answered before the prefill, so the client gets its HTTP status and headers at once.
-        out: list[FromWorker] = [Started(rid, len(prompt))]
+        out: list[FromWorker] = [Started(rid, len(prompt), cached)]
         if request.echo:
             out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
         return out
@@ -345,8 +345,9 @@ class MlxEngine:
             reason = "tool_calls"
         if tail or reasoning or calls:
             out.append(TokenChunk(request.request_id, tail, 0, None, reasoning, calls))
+        stop = request.text.stop_sequence if reason == "stop" else None
         out.append(
-            Finished(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens)
+            Finished(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens, stop)
         )
 
     def _forget(self, request: _Request) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from opta_lmx.proto import Generate
+from opta_lmx.worker.json_schema import closed_objects
 from opta_lmx.worker.tool_calls import template_tools
 
 _JSON_OPTIONS = {"whitespace_flexible": False}
@@ -110,7 +111,7 @@ def json_schema_grammar(schema_text: str) -> str:
         raise GrammarError(f"the JSON schema is not valid JSON: {exc}") from None
     if not isinstance(schema, dict):
         raise GrammarError("the JSON schema must be an object")
-    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+    return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)
 
 
 def _json_tool_format(tokenizer: Any) -> bool:
@@ -132,7 +133,8 @@ def tool_call_grammar(tools: list[dict[str, Any]], parallel: bool, tokenizer: An
         head = json.dumps('{"name": ' + json.dumps(function["name"]) + ', "arguments": ')
         bodies.append(f"body_{i}")
         rules.append(f'body_{i}: {head} args_{i} "}}"')
-        rules.append(f"args_{i}: %json {json.dumps({**function['parameters'], 'x-guidance': _JSON_OPTIONS})}")
+        arguments = closed_objects(function["parameters"])
+        rules.append(f"args_{i}: %json {json.dumps({**arguments, 'x-guidance': _JSON_OPTIONS})}")
     # Several calls one per line; a line break after the last one may end the output too.
     calls = 'call ("\\n" call)* "\\n"?' if parallel else 'call "\\n"?'
     lark = "\n".join(
