@@ -27,6 +27,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inter_token_timeout: float = 300.0
     # Seconds a request waits for its model's worker to become ready before 503.
     ready_wait: float = 30.0
+    # A request body larger than this is refused with 413 before it is read.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Requests per model waiting for a batch slot (beyond the model's batch_size) before new ones
+    # get 429 with Retry-After; a model's own [models.options] max_queued overrides it.
+    max_queued: int = 256
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -104,6 +109,8 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # for several tokens): only while steps are quicker than this, so a model whose steps take
     # longer streams every token at once. 0 sends every step's tokens at once.
     stream_interval_ms: float = 4.0
+    # Requests waiting for a batch slot before new ones get 429 (-1: the server's max_queued).
+    max_queued: int = -1
 
     @property
     def sequential(self) -> bool:
@@ -141,6 +148,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """The model called ``name``, or having it as an alias."""
         return next((m for m in self.models if m.name == name or name in m.aliases), None)
 
+    def request_limit(self, model: ModelConfig) -> int:
+        """Requests the model may have in flight: its batch, and the queue behind it."""
+        queued = model.options.max_queued if model.options.max_queued >= 0 else self.server.max_queued
+        return model.options.batch_size + queued
+
 
 def default_data_dir() -> Path:
     """``$OPTA_LMX_HOME`` or ``~/.local/share/opta-lmx``; read once, by the command line."""
@@ -170,6 +182,8 @@ def load_config(path: Path) -> Config:
 def _check(config: Config, source: str) -> None:
     if not 0 < config.server.port < 65536:
         raise ConfigError(f"{source}: server.port must be 1-65535, got {config.server.port}")
+    if config.server.max_body_bytes < 1024 or config.server.max_queued < 0:
+        raise ConfigError(f"{source}: server.max_body_bytes must be at least 1024 and server.max_queued >= 0")
     memory = config.memory
     if memory.budget <= 0 or not 0 < memory.soft_limit <= memory.hard_limit <= 1:
         raise ConfigError(f"{source}: memory needs budget > 0 and 0 < soft_limit <= hard_limit <= 1")

@@ -84,7 +84,7 @@ def details_lines(status: ModelStatus, width: int) -> str:
     first = f"{status.first_token_seconds:.2f}s" if status.first_token_seconds else "-"
     timings = (
         f"{'':<{width}}spawn {status.spawn_seconds:.2f}s, imports {status.import_seconds:.2f}s, "
-        f"load {status.load_seconds:.2f}s, first token {first}"
+        f"load {status.load_seconds:.2f}s, first request's time to first token {first}"
     )
     if status.state != "RUNNING":
         return timings

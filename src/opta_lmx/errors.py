@@ -8,8 +8,10 @@
           │    ├── InvalidRequest          400 invalid_request_error (bad JSON, wrong type, missing field)
           │    ├── UnsupportedParameter    400 a parameter we do not honour (never silently ignored)
           │    ├── ContextLengthExceeded   400 context_length_exceeded
-          │    └── ModelNotFound           404 model_not_found
+          │    ├── ModelNotFound           404 model_not_found
+          │    └── RequestTooLarge         413 request_too_large (the body, refused before it is read)
           └── ServiceError            the server cannot serve it now; the same request may succeed later
+               ├── QueueFull               429 the model's queue is full (Retry-After)
                ├── WorkerUnavailable       503 the model's worker is starting, restarting or stopped
                ├── InsufficientMemory      507 loading the model would exceed the memory budget
                ├── WorkerCrashed           503 the worker died while serving this request
@@ -84,6 +86,11 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class RequestTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+
 class ServiceError(ApiError):
     status = 503
     type = "server_error"
@@ -91,6 +98,12 @@ class ServiceError(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class QueueFull(ServiceError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
 
 
 class WorkerUnavailable(ServiceError):
@@ -131,6 +144,8 @@ _BY_CODE: dict[str, type[ApiError]] = {
         UnsupportedParameter,
         ContextLengthExceeded,
         ModelNotFound,
+        RequestTooLarge,
+        QueueFull,
         WorkerUnavailable,
         InsufficientMemory,
         WorkerCrashed,

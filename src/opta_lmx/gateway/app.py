@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -11,6 +12,7 @@ from starlette.routing import Route
 from opta_lmx.errors import InvalidRequest
 from opta_lmx.gateway import anthropic, openai
 from opta_lmx.gateway.endpoints import openai_error
+from opta_lmx.gateway.limits import BodyLimit
 from opta_lmx.gateway.state import GatewayState
 
 
@@ -36,6 +38,10 @@ async def health(request: Request) -> Response:
 
 def create_app(state: GatewayState) -> Starlette:
     routes = [*openai.routes(), *anthropic.routes(), Route("/health", health, methods=["GET"])]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _on_http_error})
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BodyLimit, limit=state.config.server.max_body_bytes)],
+        exception_handlers={HTTPException: _on_http_error},
+    )
     app.state.gateway = state
     return app

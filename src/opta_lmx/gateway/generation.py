@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from opta_lmx.errors import ApiError, GenerationTimeout, failure_to_error
+from opta_lmx.errors import ApiError, GenerationTimeout, QueueFull, failure_to_error
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Failed, Finished, FromWorker, Started, TokenChunk, TokenLogprobs, ToolCall
@@ -53,8 +53,22 @@ async def prepare(state: GatewayState, job: Job) -> Pending:
     return pending
 
 
+def admit(state: GatewayState, jobs: list[Job]) -> None:
+    """Room for the jobs in their model's queue, or ``QueueFull`` (429 with Retry-After)."""
+    model = state.config.model(jobs[0].model)
+    if model is None:
+        return  # removed by a reload since it was resolved: the load path says so
+    limit = state.config.request_limit(model)
+    if state.link.in_flight_for(model.name) + len(jobs) > limit:
+        raise QueueFull(
+            f"The model '{model.name}' has {limit} requests in flight or waiting, its limit "
+            "(batch_size + max_queued); retry shortly."
+        )
+
+
 async def prepare_all(state: GatewayState, jobs: list[Job]) -> list[Pending]:
     """Every choice accepted, or none: the ones already sent are cancelled on a failure."""
+    admit(state, jobs)
     if len(jobs) == 1:
         return [await prepare(state, jobs[0])]
     results = await asyncio.gather(*(prepare(state, job) for job in jobs), return_exceptions=True)

@@ -115,11 +115,12 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
 class Pending:
     """One in-flight request: what the worker sends for it, or the error that ended it."""
 
-    __slots__ = ("request_id", "identity", "queue", "silent_since", "started")
+    __slots__ = ("request_id", "identity", "model", "queue", "silent_since", "started")
 
     def __init__(self, request_id: int, identity: bytes) -> None:
         self.request_id = request_id
         self.identity = identity
+        self.model = identity.partition(b"#")[0].decode()
         self.queue = Mailbox()
         # While a stream is kept alive without output: since when (the inter-token timeout counts
         # from there, across the keep-alive lines).
@@ -139,6 +140,7 @@ class WorkerLink:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(FromWorker)
         self._pending: dict[int, Pending] = {}
+        self._per_model: dict[str, int] = {}  # requests in flight, by model name
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -156,15 +158,33 @@ class WorkerLink:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def in_flight_for(self, model: str) -> int:
+        return self._per_model.get(model, 0)
+
+    def _add(self, pending: Pending) -> None:
+        self._pending[pending.request_id] = pending
+        self._per_model[pending.model] = self._per_model.get(pending.model, 0) + 1
+
+    def _drop(self, request_id: int) -> Pending | None:
+        """Forget a request (every way one ends comes through here, so the counts stay right)."""
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            left = self._per_model[pending.model] - 1
+            if left:
+                self._per_model[pending.model] = left
+            else:
+                del self._per_model[pending.model]
+        return pending
+
     async def open(self, identity: str, **fields: object) -> Pending:
         """Register a request and send its ``Generate`` (built with a fresh request id)."""
         pending = Pending(next(self._ids), identity.encode())
         request = Generate(request_id=pending.request_id, **fields)  # type: ignore[arg-type]
-        self._pending[pending.request_id] = pending
+        self._add(pending)
         try:
             await self._send_when_connected(pending.identity, request)
         except BaseException:
-            self._pending.pop(pending.request_id, None)
+            self._drop(pending.request_id)
             raise
         return pending
 
@@ -194,7 +214,7 @@ class WorkerLink:
 
     def cancel(self, pending: Pending) -> None:
         """Forget the request and tell its worker to stop (idempotent on both sides)."""
-        if self._pending.pop(pending.request_id, None) is None:
+        if self._drop(pending.request_id) is None:
             return
         try:
             self._send([pending.identity, self._encoder.encode(Cancel(pending.request_id))])
@@ -202,19 +222,19 @@ class WorkerLink:
             pass  # the worker is gone: nothing left to cancel
 
     def finish(self, pending: Pending) -> None:
-        self._pending.pop(pending.request_id, None)
+        self._drop(pending.request_id)
 
     def fail_identity(self, identity: str, error: ApiError) -> None:
         """End every request served by ``identity`` (its worker died)."""
         target = identity.encode()
         for pending in [p for p in self._pending.values() if p.identity == target]:
-            self._pending.pop(pending.request_id, None)
+            self._drop(pending.request_id)
             pending.queue.put_nowait(error)
 
     def fail_all(self, error: ApiError) -> None:
         for pending in list(self._pending.values()):
+            self._drop(pending.request_id)
             pending.queue.put_nowait(error)
-        self._pending.clear()
 
     def _drain(self) -> None:
         """Hand every waiting message to its request (called when the socket is readable)."""
@@ -241,5 +261,5 @@ class WorkerLink:
         if pending is None or pending.identity != identity:
             return
         if isinstance(message, (Finished, Failed)):
-            del self._pending[message.request_id]
+            self._drop(message.request_id)
         pending.queue.put_nowait(message)

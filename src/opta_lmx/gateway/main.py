@@ -50,6 +50,9 @@ async def run_gateway(config: Config, runtime: Runtime) -> int:
     hyper = HypercornConfig()
     hyper.bind = [_bind(config.server.host, config.server.port)]
     hyper.graceful_timeout = 2.0
+    # A burst of connections (hundreds of bots at once) waits in the accept queue instead of
+    # being reset: hypercorn's default backlog is 100.
+    hyper.backlog = 4096
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("opta_lmx.gateway.http")
 

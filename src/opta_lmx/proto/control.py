@@ -26,8 +26,8 @@ class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     active_requests: int = 0
     # Set when a reload removed the model: subscribers forget it.
     removed: bool = False
-    # Where the last start's time went: process spawn (0 from a warm spare), imports, weights,
-    # and from the start of the load to the first token sent.
+    # Where the last start's time went: process spawn (0 from a warm spare), imports, weights;
+    # and the first request's time to first token, from its arrival at the worker.
     spawn_seconds: float = 0.0
     import_seconds: float = 0.0
     load_seconds: float = 0.0

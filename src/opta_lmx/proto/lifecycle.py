@@ -38,8 +38,8 @@ class Ready(msgspec.Struct, tag="ready", frozen=True):
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
     """Every ~1 s. ``progress`` counts tokens produced and prompt chunks prefilled since start:
     a busy worker whose progress stands still, and who is not computing (``cpu_seconds``, the
-    process's CPU time, stands still too), is hung. ``first_token_seconds``: from the start of
-    the load to the first token this worker sent (0 until then)."""
+    process's CPU time, stands still too), is hung. ``first_token_seconds``: the first request's
+    time to first token, from its arrival at the worker (0 until then)."""
 
     generation: int
     progress: int

@@ -52,11 +52,10 @@ class Heartbeats(threading.Thread):
     """
 
     def __init__(
-        self, sock: zmq.Socket, engine: Engine, generation: int, interval: float, began: float
+        self, sock: zmq.Socket, engine: Engine, generation: int, interval: float
     ) -> None:
         super().__init__(name="heartbeats", daemon=True)
-        # perf_counter() when this worker's load began; the model loop sets first_token_seconds.
-        self.began = began
+        # Set by the model loop: the first request's time to its first token.
         self.first_token_seconds = 0.0
         self._sock = sock
         self._engine = engine

@@ -94,6 +94,7 @@ class ModelLoop:
         self._drain = commands.drain
         self._trim = commands.trim
         self._commands = commands
+        self._first_arrival: float | None = None  # when the first request came (perf_counter)
         self._decoder = msgspec.msgpack.Decoder(ToWorker)
         self._poller = zmq.Poller()
         self._poller.register(data, zmq.POLLIN)
@@ -130,6 +131,8 @@ class ModelLoop:
                 case Generate(count_only=True):
                     self._send(self._count(message))
                 case Generate():
+                    if self._first_arrival is None:
+                        self._first_arrival = time.perf_counter()
                     try:
                         replies = self._engine.submit(message)
                     except Exception as exc:  # an engine bug must not take the other requests down
@@ -149,5 +152,6 @@ class ModelLoop:
 
     def _send(self, messages: list[FromWorker]) -> None:
         self._outbox.send(messages)
-        if not self._commands.first_token_seconds and any(isinstance(m, TokenChunk) for m in messages):
-            self._commands.first_token_seconds = time.perf_counter() - self._commands.began
+        if self._first_arrival is not None and not self._commands.first_token_seconds:
+            if any(isinstance(m, TokenChunk) for m in messages):
+                self._commands.first_token_seconds = time.perf_counter() - self._first_arrival

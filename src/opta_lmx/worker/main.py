@@ -71,19 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.death_fd >= 0:
         exit_on_parent_death(args.death_fd, "worker")
     context = zmq.Context()
-    began = time.perf_counter()
     if args.spare is not None:
         from opta_lmx.worker.spare import wait_for_load
 
-        load, began = wait_for_load(context, args.control, args.spare)
+        load = wait_for_load(context, args.control, args.spare)
         args.model, args.path, args.engine = load.model, load.path, load.engine
         args.generation, args.heartbeat_interval = load.generation, load.heartbeat_interval
         args.options = load.options.decode()
-    return serve(context, args, began)
+    return serve(context, args)
 
 
-def serve(context: zmq.Context, args: argparse.Namespace, began: float) -> int:
-    """Load the model and serve it; ``began`` is when this load started (first-token clock)."""
+def serve(context: zmq.Context, args: argparse.Namespace) -> int:
+    """Load the model and serve it."""
     from opta_lmx.worker.liveness import Heartbeats, process_memory
 
     identity = f"{args.model}#{args.generation}".encode()
@@ -114,7 +113,7 @@ def serve(context: zmq.Context, args: argparse.Namespace, began: float) -> int:
     data.setsockopt(zmq.SNDHWM, 0)  # never drop or block a token on a slow gateway
     data.connect(args.data)
 
-    heartbeats = Heartbeats(control, engine, args.generation, args.heartbeat_interval, began)
+    heartbeats = Heartbeats(control, engine, args.generation, args.heartbeat_interval)
     signal.signal(signal.SIGTERM, lambda *_: heartbeats.stop_now())
     signal.signal(signal.SIGINT, lambda *_: heartbeats.stop_now())
     ready = Ready(

@@ -17,8 +17,8 @@ from opta_lmx.proto import SPARE_IDENTITY_PREFIX, Load, Shutdown, SpareReady, Wo
 
 
 
-def wait_for_load(context: zmq.Context, control_address: str, spare_id: int) -> tuple[Load, float]:
-    """Import, announce, wait; returns the ``Load`` and when it arrived (perf_counter)."""
+def wait_for_load(context: zmq.Context, control_address: str, spare_id: int) -> Load:
+    """Import, announce, wait; returns the ``Load``."""
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, f"{SPARE_IDENTITY_PREFIX}{spare_id}".encode())
     sock.setsockopt(zmq.LINGER, 0)
@@ -39,10 +39,9 @@ def wait_for_load(context: zmq.Context, control_address: str, spare_id: int) -> 
                 break
             case Shutdown():
                 sys.exit(0)
-    received = time.perf_counter()
     sock.close()
     _redirect_output(load.log_path)
-    return load, received
+    return load
 
 
 def _redirect_output(log_path: str) -> None:

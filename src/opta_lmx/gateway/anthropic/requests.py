@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from opta_lmx.errors import InvalidRequest, UnsupportedParameter
+from opta_lmx.gateway.bounds import MAX_MESSAGES, MAX_STOPS, MAX_TOOLS, MaxTokens, StopString
 from opta_lmx.gateway.decoding import decode_body
 
 
@@ -114,9 +115,9 @@ class CountTokensRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     """The fields ``count_tokens`` takes: what shapes the prompt."""
 
     model: str
-    messages: Annotated[list[MessageIn], Meta(min_length=1)]
+    messages: Annotated[list[MessageIn], Meta(min_length=1, max_length=MAX_MESSAGES)]
     system: str | list[TextBlock] | None = None
-    tools: list[ToolDef] | None = None
+    tools: Annotated[list[ToolDef], Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
@@ -131,13 +132,13 @@ class CountTokensRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True, forbid_unknown_fields=True):
-    max_tokens: Annotated[int, Meta(ge=1)]
+    max_tokens: MaxTokens
     stream: bool = False
     # Newer SDKs no longer send these; older clients and other tools still do.
     temperature: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Meta(ge=0)] | None = None
-    stop_sequences: list[str] | None = None
+    stop_sequences: Annotated[list[StopString], Meta(max_length=MAX_STOPS)] | None = None
     # Accepted with no local effect.
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None

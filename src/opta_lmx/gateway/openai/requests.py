@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from opta_lmx.errors import InvalidRequest, UnsupportedParameter
+from opta_lmx.gateway.bounds import MAX_LOGIT_BIAS, MAX_MESSAGES, MAX_TOOLS, MaxTokens, Seed, StopString
 from opta_lmx.gateway.decoding import decode_body
 
 
@@ -104,16 +105,16 @@ class GenerationFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_tokens: MaxTokens | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    stop: StopString | Annotated[list[StopString], Meta(max_length=4)] | None = None
     n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
     user: str | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Bias] | None = None
+    logit_bias: Annotated[dict[str, Bias], Meta(max_length=MAX_LOGIT_BIAS)] | None = None
     # Not in OpenAI's API; what vLLM, llama.cpp and LM Studio accept under the same names.
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
@@ -121,12 +122,12 @@ class GenerationFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
 
 class ChatCompletionRequest(GenerationFields, kw_only=True, forbid_unknown_fields=True):
-    messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
-    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    messages: Annotated[list[ChatMessageIn], Meta(min_length=1, max_length=MAX_MESSAGES)]
+    max_completion_tokens: MaxTokens | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[ToolDef] | None = None
+    tools: Annotated[list[ToolDef], Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
@@ -164,8 +165,14 @@ def unsupported_parameters(request: ChatCompletionRequest) -> None:
 
 
 def check_tools(request: ChatCompletionRequest) -> None:
-    """OpenAI's rules: a tool turn names its call; tool_choice needs tools, and names one of them."""
+    """OpenAI's rules: content is required except in an assistant turn that calls tools; a tool
+    turn names its call; tool_choice needs tools, and names one of them."""
     for index, message in enumerate(request.messages):
+        if message.content is None and not (message.role == "assistant" and (message.tool_calls or message.refusal)):
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{index}].content': a {message.role} message needs content.",
+                param=f"messages[{index}].content",
+            )
         if message.role == "tool" and not message.tool_call_id:
             raise InvalidRequest(
                 f"Missing required parameter: 'messages[{index}].tool_call_id'.", param=f"messages[{index}].tool_call_id"

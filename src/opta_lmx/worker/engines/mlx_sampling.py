@@ -38,7 +38,7 @@ def sampler_for(params: SamplingParams) -> Sampler:
 
 
 def _seeded_sampler(params: SamplingParams) -> Sampler:
-    key = mx.random.key(params.seed)
+    key = mx.random.key(params.seed % 2**64)  # the API takes signed 64-bit seeds
     inverse_temperature = 1.0 / params.temperature
 
     def sample(logprobs: mx.array) -> mx.array:
