@@ -9,7 +9,7 @@ import openai
 import pytest
 from mlx_lm.utils import load_tokenizer
 
-from tests.conftest import Server
+from tests.conftest import NO_EOS, Server
 
 PROMPT = "The quick brown fox"
 
@@ -51,8 +51,8 @@ def test_echo_and_several_prompts_and_n(client: openai.OpenAI) -> None:
     again = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=1.0, n=3, seed=5)
     assert [c.text for c in again.choices] == [c.text for c in n.choices]  # reproducible
     # Usage counts each distinct prompt once, however many choices it has, as OpenAI does.
-    one = client.completions.create(model="tiny", prompt=[PROMPT, other], max_tokens=2, n=1)
-    three = client.completions.create(model="tiny", prompt=[PROMPT, other], max_tokens=2, n=3)
+    one = client.completions.create(model="tiny", prompt=[PROMPT, other], max_tokens=2, n=1, logit_bias=NO_EOS)
+    three = client.completions.create(model="tiny", prompt=[PROMPT, other], max_tokens=2, n=3, logit_bias=NO_EOS)
     assert three.usage.prompt_tokens == one.usage.prompt_tokens
     assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
 

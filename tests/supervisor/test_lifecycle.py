@@ -48,7 +48,7 @@ def test_worker_kill_9_mid_stream_errors_the_stream_and_recovers(make_server, ti
     assert "worker_crashed" in str(info.value.body) or "stopped while serving this request" in str(info.value)
 
     server.wait_new_worker("tiny", worker_pid)
-    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4)
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, logit_bias=NO_EOS)
     assert reply.usage.completion_tokens == 4
     assert server.gateway_pid() == gateway_pid
 
@@ -59,7 +59,7 @@ def test_request_during_restart_waits_for_the_new_worker(make_server, tiny_model
     os.kill(server.worker_pid("tiny"), signal.SIGKILL)
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
     # Sent at once: the model is BACKOFF/STARTING; the gateway waits for RUNNING (ready_wait).
-    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3, logit_bias=NO_EOS)
     assert reply.usage.completion_tokens == 3
 
 

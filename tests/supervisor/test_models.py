@@ -92,7 +92,7 @@ def test_streaming_request_for_a_cold_model_loads_it(make_server, tiny_model: Pa
     server: Server = make_server(FAST + models_block({"lazy": (tiny_model, "load_on_start = false")}))
     server.wait_models({"lazy": "STOPPED"})
     chunks = list(
-        client_for(server).chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=5, stream=True)
+        client_for(server).chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=5, stream=True, logit_bias=NO_EOS)
     )
     assert chunks[-1].choices[0].finish_reason == "length"
 
@@ -105,7 +105,7 @@ def test_keep_alive_unloads_idle_model_and_next_request_reloads(make_server, tin
     server.wait_models({"brief": "STOPPED"}, timeout=15)
     status = ctl(server, "status", "brief")
     assert status.returncode == 3 and "idle (keep_alive)" in status.stdout
-    reply = client.chat.completions.create(model="brief", messages=MESSAGES, max_tokens=2)
+    reply = client.chat.completions.create(model="brief", messages=MESSAGES, max_tokens=2, logit_bias=NO_EOS)
     assert reply.usage.completion_tokens == 2
 
 
@@ -115,7 +115,7 @@ def test_admission_evicts_the_idle_model(make_server, tiny_model: Path) -> None:
     )
     server: Server = make_server(config)
     server.wait_models({"first": "RUNNING", "second": "STOPPED"})
-    reply = client_for(server).chat.completions.create(model="second", messages=MESSAGES, max_tokens=2)
+    reply = client_for(server).chat.completions.create(model="second", messages=MESSAGES, max_tokens=2, logit_bias=NO_EOS)
     assert reply.usage.completion_tokens == 2
     health = server.wait_models({"first": "STOPPED", "second": "RUNNING"})
     assert health["models"] == {"first": "STOPPED", "second": "RUNNING"}
@@ -326,7 +326,7 @@ def test_jit_load_takes_the_warm_spare_and_reports_the_time_split(make_server, t
     server.wait_models({"lazy": "STOPPED"})
     spare_pid = server.wait_spare()
     asked = time.monotonic()
-    reply = client_for(server).chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=2)
+    reply = client_for(server).chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=2, logit_bias=NO_EOS)
     elapsed = time.monotonic() - asked
     assert reply.usage.completion_tokens == 2
     time.sleep(0.5)  # a heartbeat carries the first-token time
