@@ -1,1 +1,1 @@
-"""Benchmark harness for Opta-LMX (issue 5): see bench/README.md."""
+"""Benchmark harness for Opta-LMX: see bench/README.md."""
