@@ -1,4 +1,4 @@
-"""Benchmark Opta-LMX against the in-process mlx-lm limit and against peer servers (issue 5).
+"""Benchmark Opta-LMX against the in-process mlx-lm limit and against peer servers.
 
     .venv/bin/python bench/run.py [--quick] [--models tiny] [--vllm-mlx-python PATH]
 
