@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from opta_lmx.config import Config, default_data_dir, load_config, with_demo_model
+from opta_lmx.config import Config, default_data_dir, exposure_error, load_config, with_demo_model
 from opta_lmx.errors import ConfigError
 
 
@@ -65,6 +65,8 @@ def _serve_config(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.port:
         server = msgspec.structs.replace(server, port=args.port)
     config = msgspec.structs.replace(config, server=server)
+    if problem := exposure_error(server):
+        raise ConfigError(problem)
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
     if not config.models:
         config = with_demo_model(config, ensure_demo_model(data_dir / "models" / "opta-demo"))

@@ -32,6 +32,19 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Requests per model waiting for a batch slot (beyond the model's batch_size) before new ones
     # get 429 with Retry-After; a model's own [models.options] max_queued overrides it.
     max_queued: int = 256
+    # Keys a client must present (``Authorization: Bearer KEY`` or ``x-api-key: KEY``) on the
+    # API routes; none: the API is open.
+    api_keys: list[str] = []
+    # The key of the /admin routes; "" lets only clients on the loopback address use them.
+    admin_key: str = ""
+    # Listening beyond the loopback address without api_keys is refused unless this is true.
+    allow_unauthenticated_remote: bool = False
+    # Host names the server answers to besides localhost and IP addresses (a web page that
+    # rebinds its own name to 127.0.0.1 must not reach the API: DNS rebinding).
+    allowed_hosts: list[str] = []
+    # Web origins whose pages may call the API from a browser (CORS); a browser request from
+    # any other origin is refused. "*" allows every origin.
+    cors_origins: list[str] = []
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -230,6 +243,22 @@ def with_demo_model(config: Config, demo_path: Path) -> Config:
     """The config with the built-in demo model added, used when no model is configured."""
     demo = ModelConfig(name=DEMO_MODEL_NAME, path=str(demo_path))
     return msgspec.structs.replace(config, models=[demo])
+
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def exposure_error(server: ServerConfig) -> str | None:
+    """Why the server must not start listening as configured, or None: beyond the loopback
+    address, anyone who can reach the port could use the models unless keys are required."""
+    if server.host in _LOOPBACK_HOSTS or server.host.startswith("127.") or server.api_keys:
+        return None
+    if server.allow_unauthenticated_remote:
+        return None
+    return (
+        f"listening on {server.host} would let anyone who reaches port {server.port} use the models: "
+        "set [server] api_keys, or allow_unauthenticated_remote = true to do it deliberately"
+    )
 
 
 def budget_bytes(memory: MemoryConfig, total_ram: int) -> int:

@@ -8,6 +8,8 @@
           │    ├── InvalidRequest          400 invalid_request_error (bad JSON, wrong type, missing field)
           │    ├── UnsupportedParameter    400 a parameter we do not honour (never silently ignored)
           │    ├── ContextLengthExceeded   400 context_length_exceeded
+          │    ├── Unauthorized            401 invalid_api_key (no key, or a wrong one)
+          │    ├── Forbidden               403 forbidden (a host or web origin not allowed; /admin off loopback)
           │    ├── ModelNotFound           404 model_not_found
           │    └── RequestTooLarge         413 request_too_large (the body, refused before it is read)
           └── ServiceError            the server cannot serve it now; the same request may succeed later
@@ -79,6 +81,18 @@ class UnsupportedParameter(RequestError):
 
 class ContextLengthExceeded(RequestError):
     code = "context_length_exceeded"
+
+
+class Unauthorized(RequestError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
 
 
 class ModelNotFound(RequestError):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opta_lmx.config import ServerConfig
 from opta_lmx.errors import InvalidRequest
 from opta_lmx.gateway import anthropic, openai
 from opta_lmx.gateway.endpoints import openai_error
@@ -36,11 +38,18 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+def _middleware(server: ServerConfig) -> list[Middleware]:
+    stack = [Middleware(BodyLimit, limit=server.max_body_bytes)]
+    if server.cors_origins:  # answers the browsers' preflights; origins not listed get no headers
+        stack.insert(0, Middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["*"], allow_headers=["*"]))
+    return stack
+
+
 def create_app(state: GatewayState) -> Starlette:
     routes = [*openai.routes(), *anthropic.routes(), Route("/health", health, methods=["GET"])]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(BodyLimit, limit=state.config.server.max_body_bytes)],
+        middleware=_middleware(state.config.server),
         exception_handlers={HTTPException: _on_http_error},
     )
     app.state.gateway = state

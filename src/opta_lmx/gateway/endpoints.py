@@ -2,7 +2,8 @@
 
 Each dialect answers errors in its own shape (OpenAI's ``{"error": {...}}``, Anthropic's
 ``{"type": "error", ...}``, Ollama's ``{"error": "..."}``): ``guarded`` wraps a dialect's endpoint
-so that an ``ApiError`` it raises, or a bug, becomes that dialect's error response. A bug is
+so that an ``ApiError`` it raises (a refused key among them), or a bug, becomes that dialect's
+error response. A bug is
 logged with its traceback and answered as an internal error, never a bare 500 page.
 """
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from opta_lmx.errors import ApiError
+from opta_lmx.gateway.access import check_access
 
 log = logging.getLogger("opta_lmx.gateway")
 
@@ -30,9 +32,13 @@ def internal_error(exc: Exception) -> ApiError:
     return ApiError(f"Internal error: {type(exc).__name__}. The server log has the details.")
 
 
-def guarded(endpoint: Endpoint, render: ErrorResponse) -> Endpoint:
+def guarded(endpoint: Endpoint, render: ErrorResponse, admin: bool = False) -> Endpoint:
+    """``endpoint`` behind the access checks (``access.py``; ``admin``: the admin key's), with
+    its errors in ``render``'s shape."""
+
     async def guarded_endpoint(request: Request) -> Response:
         try:
+            check_access(request, request.app.state.gateway.config.server, admin)
             return await endpoint(request)
         except ApiError as error:
             return render(error)
