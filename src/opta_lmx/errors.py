@@ -9,6 +9,7 @@
           │    ├── UnsupportedParameter    400 a parameter we do not honour (never silently ignored)
           │    ├── ContextLengthExceeded   400 context_length_exceeded
           │    └── ModelNotFound           404 model_not_found
+          ├── EndpointNotImplemented  501 an API route this server does not implement (yet)
           └── ServiceError            the server cannot serve it now; the same request may succeed later
                ├── WorkerUnavailable       503 the model's worker is starting, restarting or stopped
                ├── InsufficientMemory      507 loading the model would exceed the memory budget
@@ -82,6 +83,12 @@ class ContextLengthExceeded(RequestError):
 class ModelNotFound(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class EndpointNotImplemented(ApiError):
+    status = 501
+    type = "invalid_request_error"
+    code = "not_implemented"
 
 
 class ServiceError(ApiError):

@@ -22,10 +22,14 @@ def death() -> Iterator[DeathPipe]:
 
 def worker(death: DeathPipe, tmp_path: Path, **model: object) -> WorkerProcess:
     config = ModelConfig(name="m", path="/nowhere", **model)  # type: ignore[arg-type]
-    return WorkerProcess(config, SupervisorConfig(), WorkerAddresses("", ""), death, tmp_path, lambda w: None, lambda i, c: None)
+    return WorkerProcess(
+        config, SupervisorConfig(), WorkerAddresses("", ""), death, tmp_path, lambda w: None, lambda i, c: None
+    )
 
 
-async def test_a_requests_keep_alive_overrides_the_config_until_the_model_stops(death: DeathPipe, tmp_path: Path) -> None:
+async def test_a_requests_keep_alive_overrides_the_config_until_the_model_stops(
+    death: DeathPipe, tmp_path: Path
+) -> None:
     process = worker(death, tmp_path, keep_alive=600)
     assert process.status(1).keep_alive == 600
     process.last_used -= 100
