@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import gguf
@@ -12,7 +11,8 @@ import numpy as np
 import pytest
 
 from opta_lmx.demo.builder import build_demo_model
-from opta_lmx.gateway.ollama.model_files import has_thinking_markers, human_number, read_model_files
+from opta_lmx.gateway.ollama.facts import has_thinking_markers, human_number
+from opta_lmx.gateway.ollama.model_files import read_model_files
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +128,17 @@ def test_a_gguf_file(tmp_path: Path) -> None:
     assert read_model_files(str(tmp_path)) == facts  # a directory holding one GGUF file
 
 
-def test_a_gguf_file_without_the_gguf_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_gguf(tmp_path / "model.gguf", ["a"], "")
-    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now fails
-    facts = read_model_files(str(path))
-    assert facts.format == "gguf" and facts.size == path.stat().st_size
-    assert facts.info == {"general.architecture": ""} and facts.capabilities == ["completion"]
+def test_the_metadata_agrees_with_the_gguf_packages_reader(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "model.gguf", ["a", "<think>"], "{{ messages }}")
+    reader = gguf.GGUFReader(path)
+    expected = {
+        name: field.contents()
+        for name, field in reader.fields.items()
+        if not name.startswith("GGUF.") and name not in ("tokenizer.ggml.tokens", "tokenizer.chat_template")
+    }
+    info = read_model_files(str(path)).info
+    assert {name: info[name] for name in expected} == expected
+    assert info["general.parameter_count"] == sum(int(t.n_elements) for t in reader.tensors)
 
 
 def test_a_missing_or_unreadable_model(tmp_path: Path) -> None:
@@ -142,6 +147,10 @@ def test_a_missing_or_unreadable_model(tmp_path: Path) -> None:
     broken.write_bytes(b"not a gguf file")
     facts = read_model_files(str(broken))
     assert facts.format == "gguf" and facts.architecture == "" and facts.size == len(b"not a gguf file")
+    whole = write_gguf(tmp_path / "whole.gguf", ["a"], "").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[:60])  # the header stops inside the key-value list
+    assert read_model_files(str(cut)).info == {"general.architecture": ""}
 
 
 def test_human_numbers() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from opta_lmx.gateway.ollama.model_files import ModelFacts
+from opta_lmx.gateway.ollama.facts import ModelFacts
 from opta_lmx.gateway.ollama.models import details, expires_at
 from opta_lmx.gateway.ollama.replies import timestamp
 from opta_lmx.proto import ModelStatus

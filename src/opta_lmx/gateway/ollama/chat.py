@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from opta_lmx.gateway.jobs import choices, constraints
 from opta_lmx.gateway.ollama.options import sampling_params
-from opta_lmx.gateway.ollama.replies import Reply
+from opta_lmx.gateway.ollama.replies import Reply, Timer
 from opta_lmx.gateway.ollama.requests import Message, decode_chat, json_schema, keep_alive_seconds
 from opta_lmx.gateway.ollama.serving import (
     check_capabilities,
@@ -25,6 +25,7 @@ from opta_lmx.proto import ChatMessage, Tool, ToolCall
 
 
 async def chat(request: Request) -> Response:
+    timer = Timer()
     state: GatewayState = request.app.state.gateway
     body = decode_chat(await request.body())
     target = resolve_ollama(state, body.model)
@@ -41,7 +42,7 @@ async def chat(request: Request) -> Response:
     )
     await set_keep_alive(state, target, keep_alive)
     [job] = choices(target.model.name, fields, params)
-    return await run(request, state, target, job, reply, stream=body.stream is not False)
+    return await run(request, state, target, job, reply, timer, stream=body.stream is not False)
 
 
 def chat_messages(messages: list[Message]) -> list[ChatMessage]:

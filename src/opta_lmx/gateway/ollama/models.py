@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from opta_lmx.config import ModelConfig, Preset
-from opta_lmx.gateway.ollama.model_files import ModelFacts, human_number, read_model_files
+from opta_lmx.gateway.ollama.facts import ModelFacts, human_number
+from opta_lmx.gateway.ollama.model_files import read_model_files
 from opta_lmx.gateway.ollama.replies import timestamp
 from opta_lmx.gateway.ollama.requests import decode_show
 from opta_lmx.gateway.ollama.serving import resolve_ollama

@@ -18,7 +18,8 @@ from opta_lmx.errors import ApiError, InvalidRequest, ModelNotFound
 from opta_lmx.gateway.generation import Job, merged, prepare_all, respond, unless_disconnected
 from opta_lmx.gateway.jobs import Target, resolve
 from opta_lmx.gateway.link import Pending
-from opta_lmx.gateway.ollama.model_files import ModelFacts, read_model_files
+from opta_lmx.gateway.ollama.facts import ModelFacts
+from opta_lmx.gateway.ollama.model_files import read_model_files
 from opta_lmx.gateway.ollama.replies import STREAM, Reply, Timer
 from opta_lmx.gateway.sse import json_line_safe
 from opta_lmx.gateway.state import GatewayState
@@ -101,9 +102,11 @@ async def _wait_unloading(state: GatewayState, name: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run(request: Request, state: GatewayState, target: Target, job: Job, reply: Reply, stream: bool) -> Response:
-    """Generate ``job``: a stream of NDJSON lines, or the one ``done`` object with everything."""
-    timer = Timer()
+async def run(
+    request: Request, state: GatewayState, target: Target, job: Job, reply: Reply, timer: Timer, stream: bool
+) -> Response:
+    """Generate ``job``: a stream of NDJSON lines, or the one ``done`` object with everything.
+    ``timer`` started when the request came in."""
     if stream:
         return await respond(
             request, state, [job], target.running, partial(_lines, state, reply, timer), _unused, STREAM
