@@ -67,6 +67,7 @@ def test_nulls_read_as_absent_as_in_go() -> None:
         ({"messages": [{"role": "user", "content": "x", "mood": "ok"}]}, UnsupportedParameter, "messages[0].mood"),
         ({"options": {"temprature": 0.5}}, UnsupportedParameter, "options.temprature"),
         ({"options": {"top_k": 1.5}}, InvalidRequest, "options.top_k"),
+        ({"options": {"seed": 2**70}}, InvalidRequest, "options.seed"),  # beyond Go's int
         ({"format": "xml"}, InvalidRequest, "format"),
         ({"think": "maximum"}, InvalidRequest, "think"),
         ({"top_logprobs": 21}, InvalidRequest, "top_logprobs"),

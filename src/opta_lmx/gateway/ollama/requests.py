@@ -18,6 +18,8 @@ from opta_lmx.errors import InvalidRequest, UnsupportedParameter
 from opta_lmx.gateway.decoding import decode_body
 
 ROLES = ("system", "user", "assistant", "tool")
+# Ollama's integers are Go's int (64 bits); larger ones would not fit the worker's messages either.
+Int = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 ThinkLevel = Literal["low", "medium", "high", "max"]
 Unused = Any  # an option accepted and ignored: its type is not checked either
 
@@ -26,19 +28,19 @@ class Options(msgspec.Struct, forbid_unknown_fields=True):
     """Ollama's ``options``. Sampling options are honoured; see ``options.sampling_params`` for
     the ones accepted only at values that change nothing, and docs/dialects/ollama.md."""
 
-    num_predict: int | None = None
+    num_predict: Int | None = None
     temperature: Annotated[float, Meta(ge=0.0)] | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
+    top_k: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
-    seed: int | None = None
+    seed: Int | None = None
     stop: str | list[str] | None = None
     repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    repeat_last_n: int | None = None
+    repeat_last_n: Int | None = None
     typical_p: float | None = None
-    num_ctx: Annotated[int, Meta(ge=1)] | None = None
+    num_ctx: Annotated[int, Meta(ge=1, le=2**63 - 1)] | None = None
     # How the model runs, not what it writes: each engine decides these itself.
     num_batch: Unused = None
     num_gpu: Unused = None
@@ -65,7 +67,7 @@ class Options(msgspec.Struct, forbid_unknown_fields=True):
 class ToolCallFunction(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     arguments: dict[str, Any] = {}
-    index: int | None = None
+    index: Int | None = None
 
 
 class ToolCallIn(msgspec.Struct, forbid_unknown_fields=True):
