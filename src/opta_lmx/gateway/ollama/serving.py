@@ -52,15 +52,13 @@ async def model_facts(target: Target) -> ModelFacts:
     return await asyncio.to_thread(read_model_files, target.model.path)
 
 
-def context_length(state: GatewayState, target: Target, facts: ModelFacts | None) -> int:
+def context_length(state: GatewayState, target: Target, facts: ModelFacts) -> int:
     """The context the worker reports once loaded, else the one the model's files give."""
     status = state.models.get(target.model.name)
-    if status is not None and status.ctx_len:
-        return status.ctx_len
-    return facts.context_length if facts is not None else 0
+    return status.ctx_len if status is not None and status.ctx_len else facts.context_length
 
 
-def check_capabilities(facts: ModelFacts, asked: str, think: Any, tools: bool) -> None:
+def check_capabilities(facts: ModelFacts, asked: str, think: bool | str | None, tools: bool) -> None:
     """Ollama's refusals for what the model cannot do (``asked`` is the name the client used)."""
     if think not in (None, False) and "thinking" not in facts.capabilities:
         raise InvalidRequest(f'"{asked}" does not support thinking', param="think")
