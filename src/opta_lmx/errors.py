@@ -12,6 +12,7 @@
           │    ├── Forbidden               403 forbidden (a host or web origin not allowed; /admin off loopback)
           │    ├── ModelNotFound           404 model_not_found
           │    └── RequestTooLarge         413 request_too_large (the body, refused before it is read)
+          ├── EndpointNotImplemented  501 an API route this server does not implement (yet)
           └── ServiceError            the server cannot serve it now; the same request may succeed later
                ├── QueueFull               429 the model's queue is full (Retry-After)
                ├── WorkerUnavailable       503 the model's worker is starting, restarting or stopped
@@ -103,6 +104,12 @@ class ModelNotFound(RequestError):
 class RequestTooLarge(RequestError):
     status = 413
     code = "request_too_large"
+
+
+class EndpointNotImplemented(ApiError):
+    status = 501
+    type = "invalid_request_error"
+    code = "not_implemented"
 
 
 class ServiceError(ApiError):

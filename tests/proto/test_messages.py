@@ -12,6 +12,7 @@ from opta_lmx.proto import (
     ControlReply,
     ControlRequest,
     EnsureLoaded,
+    KeepAlive,
     Failed,
     Finished,
     FromWorker,
@@ -48,7 +49,9 @@ from opta_lmx.proto import (
 )
 
 MEMORY = MemoryReading(rss=10, uss=9, mlx_active=8, mlx_cache=7, mlx_peak=6)
-STATUS = ModelStatus(name="m", state="RUNNING", seq=3, generation=2, pid=42, identity="m#2", ctx_len=2048)
+STATUS = ModelStatus(
+    name="m", state="RUNNING", seq=3, generation=2, pid=42, identity="m#2", ctx_len=2048, keep_alive=300.0, last_used=1.5e9
+)
 
 CASES = [
     (ToWorker, Generate(7, [ChatMessage("user", "hi")], SamplingParams(5, 0.5, 0.9, ["x", "yz"]))),
@@ -83,6 +86,7 @@ CASES = [
     (ControlRequest, GetStatus("m")),
     (ControlRequest, GetStatus()),
     (ControlRequest, EnsureLoaded("m")),
+    (ControlRequest, KeepAlive("m", 300.0)),
     (ControlRequest, Start("m")),
     (ControlRequest, Stop("m")),
     (ControlRequest, Restart("m")),

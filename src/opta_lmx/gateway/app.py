@@ -12,18 +12,21 @@ from starlette.routing import Route
 
 from opta_lmx.config import ServerConfig
 from opta_lmx.errors import InvalidRequest
-from opta_lmx.gateway import anthropic, openai
+from opta_lmx.gateway import anthropic, ollama, openai
 from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.limits import BodyLimit
 from opta_lmx.gateway.state import GatewayState
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
-    # No route, or not this method: the OpenAI shape, which most clients of a local server read.
+    # No route, or not this method: the OpenAI shape, which most clients of a local server read
+    # (Ollama's under its /api/ prefix).
     assert isinstance(exc, HTTPException)
     error = InvalidRequest(exc.detail or "request not allowed")
     error.status = exc.status_code
     error.code = "not_found" if exc.status_code == 404 else "method_not_allowed"
+    if request.url.path.startswith("/api/"):
+        return ollama.ollama_error(error)
     return openai_error(error)
 
 
@@ -46,7 +49,7 @@ def _middleware(server: ServerConfig) -> list[Middleware]:
 
 
 def create_app(state: GatewayState) -> Starlette:
-    routes = [*openai.routes(), *anthropic.routes(), Route("/health", health, methods=["GET"])]
+    routes = [*openai.routes(), *anthropic.routes(), *ollama.routes(), Route("/health", health, methods=["GET"])]
     app = Starlette(
         routes=routes,
         middleware=_middleware(state.config.server),

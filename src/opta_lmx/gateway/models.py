@@ -16,7 +16,16 @@ import zmq.asyncio
 
 from opta_lmx.errors import ApiError, ModelNotFound, WorkerCrashed, WorkerUnavailable, failure_to_error
 from opta_lmx.gateway.link import WorkerLink
-from opta_lmx.proto import CommandResult, ControlReply, ControlRequest, EnsureLoaded, GetStatus, ModelStatus, StatusReply
+from opta_lmx.proto import (
+    CommandResult,
+    ControlReply,
+    ControlRequest,
+    EnsureLoaded,
+    GetStatus,
+    KeepAlive,
+    ModelStatus,
+    StatusReply,
+)
 
 log = logging.getLogger("opta_lmx.gateway")
 
@@ -79,6 +88,20 @@ class ModelTable:
                 raise self._refusal(result)
             after_seq = result.seq
         return await self.wait_running(name, load_timeout if cold else ready_wait, after_seq)
+
+    async def keep_alive(self, name: str, seconds: float) -> None:
+        """Have the supervisor unload ``name`` after ``seconds`` idle from now (negative: never)."""
+        result = await self._control(KeepAlive(name, seconds))
+        if not isinstance(result, CommandResult) or not result.ok:
+            raise self._refusal(result)
+
+    async def live_statuses(self) -> list[ModelStatus]:
+        """Every model's status as the supervisor sees it now (events carry memory and activity
+        only as of the model's last state change)."""
+        reply = await self._control(GetStatus(), _SNAPSHOT_TIMEOUT)
+        if not isinstance(reply, StatusReply):
+            raise WorkerUnavailable("The supervisor did not answer; retry shortly.")
+        return reply.models
 
     @staticmethod
     def _refusal(result: ControlReply | None) -> ApiError:

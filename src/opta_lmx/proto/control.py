@@ -38,6 +38,11 @@ class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     mlx_cache: int = 0
     # Grows with every config reload; a subscriber that sees a newer one re-reads the config.
     config_version: int = 0
+    # Seconds idle before the model is unloaded (the config's, or the last ``KeepAlive``'s while
+    # loaded); negative: never (always so for a pinned model). ``last_used``: wall-clock seconds
+    # of its last activity, so ``last_used + keep_alive`` is when an idle model goes.
+    keep_alive: float = -1.0
+    last_used: float = 0.0
 
 
 class GetStatus(msgspec.Struct, tag="status", frozen=True):
@@ -48,6 +53,15 @@ class EnsureLoaded(msgspec.Struct, tag="ensure_loaded", frozen=True):
     """From the gateway: a request wants this model; load it (once) unless it is loaded."""
 
     name: str
+
+
+class KeepAlive(msgspec.Struct, tag="keep_alive", frozen=True):
+    """From the gateway: a request sets how long ``name`` stays loaded once idle, counted from
+    now (negative: never; 0: as soon as it is idle). It holds until the model is unloaded; the
+    config's ``keep_alive`` applies again to the next load. No effect on a pinned model."""
+
+    name: str
+    seconds: float
 
 
 class Start(msgspec.Struct, tag="start", frozen=True):
@@ -82,7 +96,9 @@ class ShutdownServer(msgspec.Struct, tag="shutdown_server", frozen=True):
     pass
 
 
-ControlRequest = GetStatus | EnsureLoaded | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer
+ControlRequest = (
+    GetStatus | EnsureLoaded | KeepAlive | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer
+)
 
 
 class StatusReply(msgspec.Struct, tag="status_reply", frozen=True):

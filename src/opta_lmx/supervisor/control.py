@@ -19,6 +19,7 @@ from opta_lmx.proto import (
     ControlRequest,
     EnsureLoaded,
     GetStatus,
+    KeepAlive,
     Reload,
     Restart,
     ShutdownServer,
@@ -86,6 +87,10 @@ async def handle(supervisor: Supervisor, request: ControlRequest) -> ControlRepl
     match request:
         case EnsureLoaded():
             return await _ensure_loaded(supervisor, worker)
+        case KeepAlive(seconds=seconds):
+            worker.set_keep_alive(seconds)
+            supervisor.publish(worker)
+            return CommandResult(ok=True, message=f"{worker.name}: keep_alive {seconds:g}s")
         case Start():
             return await _start(supervisor, worker)
         case Stop():

@@ -262,8 +262,8 @@ class Supervisor:
         self._police_memory([w for w in running if w.name not in self._stopping_tasks], now)
 
     def _idle_expired(self, worker: WorkerProcess, now: float) -> bool:
-        keep_alive = worker.model.keep_alive
-        if keep_alive < 0 or worker.model.pinned:
+        keep_alive = worker.keep_alive
+        if keep_alive < 0:
             return False
         # Never less than two heartbeats: a request sent right after Ready must show up first.
         return worker.idle_for(now) > max(keep_alive, 2 * self.config.supervisor.heartbeat_interval)

@@ -87,6 +87,8 @@ class WorkerProcess:
         self.ready: Ready | None = None
         self.last_heartbeat: Heartbeat | None = None
         self.last_used = time.monotonic()
+        # A client's keep-alive for this load (``KeepAlive``); None: the config's.
+        self.keep_alive_override: float | None = None
         self._heard_at = 0.0
         self._progress_at = 0.0
         self._beat_at = 0.0  # when the last heartbeat came
@@ -116,6 +118,18 @@ class WorkerProcess:
         reported = self.last_heartbeat.memory.uss if self.last_heartbeat else 0
         return max(reported, _tree_uss(self.proc.pid) if self.proc and self.proc.returncode is None else 0)
 
+    @property
+    def keep_alive(self) -> float:
+        """Seconds idle before an unload; negative: never (a pinned model never goes idle)."""
+        if self.model.pinned:
+            return -1.0
+        return self.model.keep_alive if self.keep_alive_override is None else self.keep_alive_override
+
+    def set_keep_alive(self, seconds: float) -> None:
+        """A request's keep-alive, counted from now (the request about to run is activity)."""
+        self.keep_alive_override = seconds
+        self.last_used = time.monotonic()
+
     def view(self, used: int) -> WorkerView:
         return WorkerView(self.name, used, self.active_requests > 0, self.model.pinned, self.last_used)
 
@@ -142,6 +156,8 @@ class WorkerProcess:
             import_seconds=self.timings[1],
             load_seconds=self.timings[2],
             first_token_seconds=self.last_heartbeat.first_token_seconds if self.last_heartbeat else 0.0,
+            keep_alive=self.keep_alive,
+            last_used=time.time() - (time.monotonic() - self.last_used),
         )
 
     def start(self) -> None:
@@ -182,6 +198,7 @@ class WorkerProcess:
                 except asyncio.TimeoutError:
                     log.warning("%s: requests still running after drain_grace; stopping anyway", self.name)
             await terminate(proc, self._settings.stop_grace)
+        self.keep_alive_override = None  # it was for this load
         if was_alive or was_running:
             self._set(State.STOPPED, reason)
 
