@@ -78,9 +78,25 @@ def test_a_huge_max_tokens_is_bounded_by_the_context(server: Server) -> None:
     ],
 )
 def test_malformed_bodies_get_a_400(server: Server, raw: bytes) -> None:
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/messages"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/messages", "/api/chat"):
         response = httpx.post(f"{server.base_url}{path}", content=raw, headers={"content-type": "application/json"})
         assert response.status_code == 400, (path, raw[:40], response.text)
+
+
+def test_other_content_types_and_duplicate_keys(server: Server) -> None:
+    url = f"{server.base_url}/v1/chat/completions"
+    form = httpx.post(url, data={"model": "tiny"})  # application/x-www-form-urlencoded
+    assert form.status_code == 400 and form.json()["error"]["type"] == "invalid_request_error"
+    multipart = httpx.post(url, files={"file": ("a.json", b"{}")})
+    assert multipart.status_code == 400
+    # JSON sent as text/plain is JSON all the same (a browser's would be stopped by the Origin check).
+    plain = httpx.post(url, content=json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": 1}), headers={"content-type": "text/plain"})
+    assert plain.status_code == 200
+    # Duplicate keys: the last one counts, as in Python's json and most decoders.
+    duplicated = b'{"model": "nope", "model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}'
+    assert httpx.post(url, content=duplicated).status_code == 200
+    deep = b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "response_format": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001
+    assert httpx.post(url, content=deep).status_code == 400
 
 
 def test_a_nul_in_the_text_is_served(server: Server) -> None:

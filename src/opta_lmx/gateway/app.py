@@ -13,21 +13,28 @@ from starlette.routing import Route
 from opta_lmx.config import ServerConfig
 from opta_lmx.errors import InvalidRequest
 from opta_lmx.gateway import anthropic, ollama, openai
+from opta_lmx.gateway.anthropic.errors import error_response as anthropic_error
 from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.limits import BodyLimit
+from opta_lmx.gateway.openapi import openapi_json
 from opta_lmx.gateway.state import GatewayState
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
-    # No route, or not this method: the OpenAI shape, which most clients of a local server read
-    # (Ollama's under its /api/ prefix).
+    """No route, or not this method: the shape of the dialect the path belongs to (OpenAI's,
+    which most clients of a local server read, where no dialect claims it), with the exception's
+    headers (a 405 lists the allowed methods in ``Allow``)."""
     assert isinstance(exc, HTTPException)
     error = InvalidRequest(exc.detail or "request not allowed")
     error.status = exc.status_code
     error.code = "not_found" if exc.status_code == 404 else "method_not_allowed"
-    if request.url.path.startswith("/api/"):
-        return ollama.ollama_error(error)
-    return openai_error(error)
+    path = request.url.path
+    render = ollama.ollama_error if path.startswith("/api/") else openai_error
+    if path.startswith("/v1/messages"):
+        render = anthropic_error
+    response = render(error)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def health(request: Request) -> Response:
@@ -49,7 +56,13 @@ def _middleware(server: ServerConfig) -> list[Middleware]:
 
 
 def create_app(state: GatewayState) -> Starlette:
-    routes = [*openai.routes(), *anthropic.routes(), *ollama.routes(), Route("/health", health, methods=["GET"])]
+    routes = [
+        *openai.routes(),
+        *anthropic.routes(),
+        *ollama.routes(),
+        Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
     app = Starlette(
         routes=routes,
         middleware=_middleware(state.config.server),

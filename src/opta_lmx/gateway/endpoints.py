@@ -32,9 +32,10 @@ def internal_error(exc: Exception) -> ApiError:
     return ApiError(f"Internal error: {type(exc).__name__}. The server log has the details.")
 
 
-def guarded(endpoint: Endpoint, render: ErrorResponse, admin: bool = False) -> Endpoint:
+def guarded(endpoint: Endpoint, render: ErrorResponse, admin: bool = False, body: type | None = None) -> Endpoint:
     """``endpoint`` behind the access checks (``access.py``; ``admin``: the admin key's), with
-    its errors in ``render``'s shape."""
+    its errors in ``render``'s shape. ``body`` is the Struct its request body decodes into (the
+    OpenAPI document describes it)."""
 
     async def guarded_endpoint(request: Request) -> Response:
         try:
@@ -48,4 +49,5 @@ def guarded(endpoint: Endpoint, render: ErrorResponse, admin: bool = False) -> E
 
     guarded_endpoint.__name__ = endpoint.__name__
     guarded_endpoint.__doc__ = endpoint.__doc__
+    guarded_endpoint.request_body = body  # type: ignore[attr-defined]
     return guarded_endpoint

@@ -116,7 +116,8 @@ class CountTokensRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 
     model: str
     messages: Annotated[list[MessageIn], Meta(min_length=1, max_length=MAX_MESSAGES)]
-    system: str | list[TextBlock] | None = None
+    # Text blocks only (checked after decoding): a union, so each block's "type" is required.
+    system: str | list[Block] | None = None
     tools: Annotated[list[ToolDef], Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
@@ -165,6 +166,8 @@ def decode_count_request(body: bytes) -> CountTokensRequest:
 
 def check(request: CountTokensRequest) -> None:
     """What Anthropic's API refuses beyond the types, and what the models cannot take."""
+    if isinstance(request.system, list) and any(not isinstance(block, TextBlock) for block in request.system):
+        raise InvalidRequest("'system' takes text blocks only.", param="system")
     if request.mcp_servers:
         raise UnsupportedParameter("MCP servers are not supported: the server cannot call them.", param="mcp_servers")
     for index, message in enumerate(request.messages):

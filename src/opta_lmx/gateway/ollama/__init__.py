@@ -13,6 +13,7 @@ from opta_lmx.gateway.endpoints import Endpoint, guarded
 from opta_lmx.gateway.ollama.chat import chat
 from opta_lmx.gateway.ollama.generate import generate
 from opta_lmx.gateway.ollama.models import ps, root, show, tags, version
+from opta_lmx.gateway.ollama.requests import ChatRequest, GenerateRequest, ShowRequest
 
 # Routes for what Opta-LMX does elsewhere or not at all: models come from its config file, and
 # embeddings are not served yet.
@@ -35,23 +36,28 @@ def _not_implemented(path: str, why: str) -> Endpoint:
     async def not_implemented(request: Request) -> Response:
         raise EndpointNotImplemented(f"{path} is not implemented by this server: {why}.")
 
+    not_implemented.not_implemented = True  # type: ignore[attr-defined]  # the OpenAPI document says so
     return not_implemented
 
 
 def routes() -> list[Route]:
-    endpoints = [
-        ("/", root, ["GET"]),  # Starlette answers HEAD for GET routes: clients probe with either
-        ("/api/version", version, ["GET"]),
-        ("/api/tags", tags, ["GET"]),
-        ("/api/show", show, ["POST"]),
-        ("/api/ps", ps, ["GET"]),
-        ("/api/chat", chat, ["POST"]),
-        ("/api/generate", generate, ["POST"]),
-        *((path, _not_implemented(path, why), [method]) for path, (method, why) in _NOT_IMPLEMENTED.items()),
+    endpoints: list[tuple[str, Endpoint, list[str], type | None]] = [
+        ("/", root, ["GET"], None),  # Starlette answers HEAD for GET routes: clients probe with either
+        ("/api/version", version, ["GET"], None),
+        ("/api/tags", tags, ["GET"], None),
+        ("/api/show", show, ["POST"], ShowRequest),
+        ("/api/ps", ps, ["GET"], None),
+        ("/api/chat", chat, ["POST"], ChatRequest),
+        ("/api/generate", generate, ["POST"], GenerateRequest),
+        *((path, _not_implemented(path, why), [method], None) for path, (method, why) in _NOT_IMPLEMENTED.items()),
         (
             "/api/blobs/{digest}",
             _not_implemented("/api/blobs", "models are configured, not uploaded"),
             ["HEAD", "POST"],
+            None,
         ),
     ]
-    return [Route(path, guarded(endpoint, ollama_error), methods=methods) for path, endpoint, methods in endpoints]
+    return [
+        Route(path, guarded(endpoint, ollama_error, body=body), methods=methods)
+        for path, endpoint, methods, body in endpoints
+    ]
