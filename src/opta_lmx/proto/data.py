@@ -68,7 +68,9 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     ``json_schema`` (JSON text) constrains the output to JSON that validates against it. ``tools``
     are rendered through the chat template and the model's calls parsed; ``tool_choice`` is
     ``"auto"`` (the model decides) or ``"required"`` (constrained to call one of ``tools``, at most
-    one call unless ``parallel_tool_calls``)."""
+    one call unless ``parallel_tool_calls``). ``grammar`` (a Lark grammar, llguidance's dialect)
+    constrains the whole output to its language (the Responses API's custom tools). At most one
+    constraint applies: a forced tool call first, then ``json_schema``, then ``grammar``."""
 
     request_id: int
     messages: list[ChatMessage] = []
@@ -80,6 +82,7 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     tools: list[Tool] = []
     tool_choice: str = "auto"
     parallel_tool_calls: bool = True
+    grammar: str | None = None
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True):
