@@ -1,35 +1,19 @@
 """Lark grammars (``Generate.grammar``) on the real engine and the tiny random-weight model: the
 model never writes a patch by itself, so every output in the grammar's language is the grammar's
-doing. Each output is checked with a regular expression of the same language, written apart."""
+doing. Each output is checked with a regular expression of the same language, written apart
+(tests/support/grammars.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from opta_lmx.proto import ChatMessage, Failed, Finished, Generate, SamplingParams
 from opta_lmx.worker.engines.mlx import MlxEngine
+from tests.support.grammars import PATCH, PATCH_GRAMMAR
 from tests.worker.test_mlx_engine import Transcript, drain
 
-# Codex's apply_patch grammar, with bounded names and lines, so that a random model reaches its end
-# long before max_tokens (the unbounded one lets it write one line forever).
-PATCH_GRAMMAR = r"""start: begin_patch hunk{1,2} end_patch
-begin_patch: "*** Begin Patch" LF
-end_patch: "*** End Patch" LF?
-hunk: add_hunk | delete_hunk
-add_hunk: "*** Add File: " filename LF add_line{1,3}
-delete_hunk: "*** Delete File: " filename LF
-filename: /[a-z]{1,8}\.txt/
-add_line: "+" /[a-z ]{0,12}/ LF -> line
-%import common.LF
-"""
-PATCH = re.compile(
-    r"\*\*\* Begin Patch\n"
-    r"(?:\*\*\* Add File: [a-z]{1,8}\.txt\n(?:\+[a-z ]{0,12}\n){1,3}|\*\*\* Delete File: [a-z]{1,8}\.txt\n){1,2}"
-    r"\*\*\* End Patch\n?"
-)
 MAX_TOKENS = 600
 
 
