@@ -9,22 +9,16 @@ from typing import Any
 import pytest
 
 from opta_lmx.errors import InvalidRequest, UnsupportedParameter
-from opta_lmx.gateway.responses.requests import (
-    AllowedTools,
-    CustomTool,
+from opta_lmx.gateway.responses.items import (
     CustomToolCallItem,
     CustomToolCallOutputItem,
     FunctionCallItem,
     FunctionCallOutputItem,
-    FunctionTool,
-    GrammarFormat,
-    HostedTool,
     MessageItem,
-    NamedTool,
-    NamespaceTool,
     ReasoningItem,
-    decode_request,
 )
+from opta_lmx.gateway.responses.requests import decode_request
+from opta_lmx.gateway.responses.tools import AllowedTools, CustomTool, FunctionTool, GrammarFormat, HostedTool, NamedTool, NamespaceTool
 
 
 def decode(**fields: Any) -> Any:

@@ -9,8 +9,9 @@ from typing import Any
 import llguidance
 import pytest
 
-from opta_lmx.errors import UnsupportedParameter
-from opta_lmx.gateway.responses.requests import GrammarFormat, decode_request
+from opta_lmx.errors import InvalidRequest, UnsupportedParameter
+from opta_lmx.gateway.responses.requests import decode_request
+from opta_lmx.gateway.responses.tools import GrammarFormat
 from opta_lmx.gateway.responses.translate import lark_of, plan
 from opta_lmx.proto import ChatMessage, ToolCall
 
@@ -73,6 +74,9 @@ def test_tools_shown_as_functions_hosted_ones_not_at_all() -> None:
 
 def test_only_hosted_tools_show_none() -> None:
     assert "tools" not in planned(tools=[{"type": "web_search"}], tool_choice="auto").fields
+    with pytest.raises(InvalidRequest) as caught:
+        planned(tools=[{"type": "web_search"}], tool_choice="required")
+    assert caught.value.param == "tool_choice"
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ from opta_lmx.gateway.jobs import choices, resolve, sampling
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.responses.events import KEEPALIVE_LINE, OutputWriter
 from opta_lmx.gateway.responses.objects import Envelope
-from opta_lmx.gateway.responses.requests import LOGPROBS, decode_request, input_items
+from opta_lmx.gateway.responses.items import input_items
+from opta_lmx.gateway.responses.requests import LOGPROBS, decode_request
 from opta_lmx.gateway.responses.store import ResponseStore
 from opta_lmx.gateway.responses.translate import item_messages, plan
 from opta_lmx.gateway.state import GatewayState

@@ -15,30 +15,23 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from opta_lmx.errors import UnsupportedParameter
+from opta_lmx.errors import InvalidRequest, UnsupportedParameter
 from opta_lmx.gateway.jobs import ToolMode, constraints
-from opta_lmx.gateway.responses.requests import (
-    AllowedTools,
+from opta_lmx.gateway.responses.items import (
     ContentPart,
-    CreateResponse,
-    CustomTool,
     CustomToolCallItem,
     CustomToolCallOutputItem,
     FunctionCallItem,
     FunctionCallOutputItem,
-    FunctionTool,
-    GrammarFormat,
     InputItem,
     InputText,
     MessageItem,
-    NamedTool,
-    NamespaceTool,
     OutputText,
     ReasoningItem,
     Refusal,
-    ResponseRequest,
-    ToolDef,
 )
+from opta_lmx.gateway.responses.requests import CreateResponse, ResponseRequest
+from opta_lmx.gateway.responses.tools import AllowedTools, CustomTool, FunctionTool, GrammarFormat, NamedTool, NamespaceTool, ToolDef
 from opta_lmx.proto import ChatMessage, Tool, ToolCall
 
 NAMESPACE_SEPARATOR = "__"
@@ -255,6 +248,8 @@ def plan(request: ResponseRequest, history: list[ChatMessage]) -> Plan:
         mode = "required"
     else:
         mode = choice
+    if mode == "required" and not tools.by_name:
+        raise InvalidRequest("tool_choice 'required' needs a function or custom tool the model can call.", param="tool_choice")
     forced = _forced_custom(tools, mode, named, choice)
     fields: dict[str, Any] = {"messages": messages}
     if forced is not None:
