@@ -49,18 +49,21 @@ LOOKUP = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
-    """The tiny model as ``tiny``, a reasoning model as ``thinker``, and ``cold``, loaded only
+    """The tiny model as ``tiny``, a reasoning model as ``thinker``, ``slow`` (each step 30 ms
+    longer: a stream surely still going when the test acts on it), and ``cold``, loaded only
     when asked for."""
     home = tmp_path_factory.mktemp("responses")
     thinker = build_demo_model(home / "thinker", "tiny", thinking=True)
     config = (
+        "[supervisor]\nheartbeat_interval = 0.1\n"
         f'[[models]]\nname = "tiny"\npath = "{tiny_model}"\n'
         f'[[models]]\nname = "thinker"\npath = "{thinker}"\n'
+        f'[[models]]\nname = "slow"\npath = "{tiny_model}"\nengine = "tests.support.engines:SlowEngine"\n'
         f'[[models]]\nname = "cold"\npath = "{tiny_model}"\nload_on_start = false\n'
     )
     srv = Server(home, config).start()
     try:
-        srv.wait_models({"tiny": "RUNNING", "thinker": "RUNNING"})
+        srv.wait_models({"tiny": "RUNNING", "thinker": "RUNNING", "slow": "RUNNING"})
         yield srv
     finally:
         pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
@@ -313,19 +316,39 @@ def test_bad_input_gets_openais_error_shape(server: Server, content: bytes, stat
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
-def test_a_worker_dying_mid_stream_ends_it_with_response_failed(client: openai.OpenAI, server: Server) -> None:
-    # A grammar of 3000 forced letters: the stream is surely still going when the worker dies.
-    tool = {"type": "custom", "name": "long", "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "ab"{1500}'}}
-    pid = server.worker_pid("tiny")
-    stream = client.responses.create(model="tiny", input="go", tools=[tool], tool_choice="required", max_output_tokens=4000, stream=True)  # type: ignore[list-item]
+# 3000 letters: at least 334 tokens (the demo vocabulary's longest all-letter token has 9), so
+# more than 10 s on the slow model.
+LETTERS = {"type": "custom", "name": "letters", "format": {"type": "grammar", "syntax": "regex", "definition": "[a-z]{3000}"}}
+
+
+def first_delta(stream: Any) -> list[Any]:
     events = []
     for event in stream:
         events.append(event)
-        if event.type == "response.custom_tool_call_input.delta" and len(events) == 4:
-            os.kill(pid, signal.SIGKILL)
+        if event.type == "response.custom_tool_call_input.delta":
+            return events
+    raise AssertionError(f"the stream ended before any input: {events}")
+
+
+def test_closing_a_stream_cancels_its_generation(client: openai.OpenAI, server: Server) -> None:
+    stream = client.responses.create(model="slow", input="go", tools=[LETTERS], tool_choice="required", stream=True)  # type: ignore[list-item]
+    first_delta(stream)
+    server.wait_in_flight("slow", 1)
+    stream.close()
+    server.wait_in_flight("slow", 0, timeout=3)
+
+
+def test_a_worker_dying_mid_stream_ends_it_with_response_failed(client: openai.OpenAI, server: Server) -> None:
+    pid = server.worker_pid("slow")
+    stream = client.responses.create(model="slow", input="go", tools=[LETTERS], tool_choice="required", stream=True)  # type: ignore[list-item]
+    events = first_delta(stream)
+    os.kill(pid, signal.SIGKILL)
+    events += list(stream)
     assert [e.sequence_number for e in events] == list(range(len(events)))
     error, failed = events[-2:]
     assert error.type == "error" and error.code == "worker_crashed"
     assert failed.type == "response.failed" and failed.response.status == "failed"
-    assert failed.response.error.code == "worker_crashed" and failed.response.output[0].type == "custom_tool_call"  # type: ignore[union-attr]
-    server.wait_new_worker("tiny", pid)
+    assert failed.response.error.code == "worker_crashed"  # type: ignore[union-attr]
+    (partial,) = failed.response.output
+    assert partial.type == "custom_tool_call" and partial.input == "".join(e.delta for e in events if e.type.endswith("input.delta"))
+    server.wait_new_worker("slow", pid)
