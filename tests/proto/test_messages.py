@@ -67,6 +67,7 @@ CASES = [
             parallel_tool_calls=False,
         ),
     ),
+    (ToWorker, Generate(10, [ChatMessage("user", "patch")], grammar='start: "*** Begin Patch" /[a-z]+/')),
     (ToWorker, Cancel(7)),
     (FromWorker, Started(7, 12)),
     (FromWorker, TokenChunk(7, "hello", 3)),

@@ -68,7 +68,9 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     ``json_schema`` (JSON text) constrains the output to JSON that validates against it. ``tools``
     are rendered through the chat template and the model's calls parsed; ``tool_choice`` is
     ``"auto"`` (the model decides) or ``"required"`` (constrained to call one of ``tools``, at most
-    one call unless ``parallel_tool_calls``).
+    one call unless ``parallel_tool_calls``). ``grammar`` (a Lark grammar, llguidance's dialect)
+    constrains the whole output to its language (the Responses API's custom tools). At most one
+    constraint applies: a forced tool call first, then ``json_schema``, then ``grammar``.
 
     ``count_only`` asks for the prompt's length alone (Anthropic's ``count_tokens``): the worker
     renders and tokenizes it, answers ``Started`` and ``Finished``, and generates nothing."""
@@ -84,6 +86,7 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     tool_choice: str = "auto"
     parallel_tool_calls: bool = True
     count_only: bool = False
+    grammar: str | None = None
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True):

@@ -77,7 +77,8 @@ class Grammars:
         return self._ll
 
     def for_request(self, request: Generate) -> list[GrammarProcessor]:
-        """The grammar processor the request needs (a forced tool call, or a JSON schema), if any."""
+        """The grammar processor the request needs (a forced tool call, a JSON schema or a Lark
+        grammar), if any."""
         tokenizer = self._tokenizer
         if request.tools and request.tool_choice == "required":
             if not tokenizer.has_tool_calling or not _json_tool_format(tokenizer):
@@ -88,6 +89,8 @@ class Grammars:
             grammar = tool_call_grammar(template_tools(request.tools), request.parallel_tool_calls, tokenizer)
         elif request.json_schema is not None:
             grammar = json_schema_grammar(request.json_schema)
+        elif request.grammar is not None:
+            grammar = llguidance.LLMatcher.grammar_from_lark(request.grammar)
         else:
             return []
         return [self.processor(grammar)]
