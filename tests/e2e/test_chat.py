@@ -86,7 +86,9 @@ def test_stop_string_is_cut_and_never_emitted(client: openai.OpenAI) -> None:
 
 
 def test_sampling_with_temperature_and_top_p_runs(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=1.5, top_p=0.5)
+    reply = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=8, temperature=1.5, top_p=0.5, logit_bias=NO_EOS
+    )
     assert reply.usage.completion_tokens == 8
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import openai
 
-from tests.conftest import Server
+from tests.conftest import NO_EOS, Server
 
 
 def test_aliases_and_preset_defaults(make_server, tiny_model: Path) -> None:
@@ -60,7 +60,7 @@ def test_engine_options_reach_the_engine(make_server, tiny_model: Path) -> None:
     try:
         with ThreadPoolExecutor(4) as pool:
             replies = list(pool.map(lambda _: client.chat.completions.create(
-                model="one", messages=[{"role": "user", "content": "hi"}], max_tokens=4), range(4)))
+                model="one", messages=[{"role": "user", "content": "hi"}], max_tokens=4, logit_bias=NO_EOS), range(4)))
         assert [r.usage.completion_tokens for r in replies] == [4] * 4
     finally:
         client.close()

@@ -82,7 +82,10 @@ def test_jit_load_is_shared_by_concurrent_first_requests(make_server, tiny_model
     client = client_for(server)
     with ThreadPoolExecutor(4) as pool:
         replies = list(
-            pool.map(lambda _: client.chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=3), range(4))
+            pool.map(
+                lambda _: client.chat.completions.create(model="lazy", messages=MESSAGES, max_tokens=3, logit_bias=NO_EOS),
+                range(4),
+            )
         )
     assert [r.usage.completion_tokens for r in replies] == [3] * 4
     assert server.log().count("lazy: STARTING (spawning)") == 1
