@@ -34,3 +34,8 @@ def agent_cli(name: str) -> Path:
             )
     assert binary.exists(), f"npm installed {PACKAGES[name]} but {binary} is missing"
     return binary
+
+
+if __name__ == "__main__":  # .ci/run installs them before the suite: python -m tests.support.agent_clis
+    for name in PACKAGES:
+        print(agent_cli(name))
