@@ -179,6 +179,12 @@ def test_thinking_blocks_only_when_asked(make_server, tmp_path: Path) -> None:
         model="thinker", max_tokens=16, messages=USER, extra_body=GREEDY, thinking={"type": "enabled", "budget_tokens": 1024}
     )
     plain = client.messages.create(model="thinker", max_tokens=16, messages=USER, extra_body=GREEDY)
+    # Thinking disabled reaches the template (enable_thinking): it writes the block closed.
+    enabled = client.messages.count_tokens(model="thinker", messages=USER, thinking={"type": "enabled", "budget_tokens": 1024})
+    disabled = client.messages.count_tokens(model="thinker", messages=USER, thinking={"type": "disabled"})
+    assert disabled.input_tokens > enabled.input_tokens
+    off = client.messages.create(model="thinker", max_tokens=16, messages=USER, thinking={"type": "disabled"}, extra_body=GREEDY)
+    assert off.content[0].type == "text" and off.content[0].text
     # The template opens the thinking block; the random model rarely closes it within 16 tokens.
     assert asked.content[0].type == "thinking" and asked.content[0].thinking
     assert all(block.type != "thinking" for block in plain.content)

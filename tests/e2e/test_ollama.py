@@ -233,6 +233,9 @@ def test_thinking_comes_back_as_thinking(client: ollama.Client) -> None:
     assert generated.thinking == thinking
     hidden = client.chat(model="thinker", messages=MESSAGES, options=options, think=False)
     assert hidden.message.thinking is None and hidden.eval_count == 10
+    # think=False reaches the template (enable_thinking): it writes the thinking block closed.
+    assert hidden.prompt_eval_count > reply.prompt_eval_count
+    assert hidden.message.content
     with pytest.raises(ollama.ResponseError) as error:
         client.chat(model="tiny", messages=MESSAGES, think=True)
     assert error.value.status_code == 400 and "does not support thinking" in error.value.error

@@ -28,6 +28,12 @@ def test_reasoning_content(make_server, tmp_path: Path) -> None:
         streamed = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks if c.choices)
         assert streamed == thinking
         assert "<think>" not in thinking and "</think>" not in thinking
+        # reasoning_effort "none": the template writes the thinking block closed, the reply is the answer.
+        direct = client.chat.completions.create(
+            model="thinker", messages=messages, max_tokens=10, temperature=0, reasoning_effort="none"
+        )
+        assert direct.usage.prompt_tokens > reply.usage.prompt_tokens
+        assert direct.choices[0].message.content and not (direct.choices[0].message.model_extra or {}).get("reasoning_content")
     finally:
         client.close()
 

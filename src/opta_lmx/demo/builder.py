@@ -53,9 +53,13 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-# Reasoning models' templates open the thinking block in the generation prompt.
+# Reasoning models' templates open the thinking block in the generation prompt; with
+# enable_thinking false they write it empty and closed, as Qwen3's does.
 THINKING_TEMPLATE = CHAT_TEMPLATE.replace(
-    "{{ '<|im_start|>assistant\n' }}{% endif %}", "{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}",
+    "{% if enable_thinking is defined and not enable_thinking %}"
+    "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}"
+    "{% else %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}{% endif %}",
 )
 
 

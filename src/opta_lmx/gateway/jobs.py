@@ -77,6 +77,12 @@ def choices(model: str, fields: dict[str, Any], params: SamplingParams, n: int =
     return [Job(model, {**fields, "params": nth_seed(params, i)}) for i in range(n)]
 
 
+def thinking(wanted: bool | None) -> dict[str, Any]:
+    """The ``Generate`` field that asks a reasoning model to reason (True) or not (False, the
+    chat template's ``enable_thinking``); None leaves the template's default."""
+    return {} if wanted is None else {"thinking": wanted}
+
+
 ToolMode = Literal["none", "auto", "required"]
 
 

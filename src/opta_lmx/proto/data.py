@@ -72,6 +72,9 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     constrains the whole output to its language (the Responses API's custom tools). At most one
     constraint applies: a forced tool call first, then ``json_schema``, then ``grammar``.
 
+    ``thinking`` False asks a reasoning model not to reason (the chat template's
+    ``enable_thinking``, as Qwen3's reads it); None leaves the template's default.
+
     ``count_only`` asks for the prompt's length alone (Anthropic's ``count_tokens``): the worker
     renders and tokenizes it, answers ``Started`` and ``Finished``, and generates nothing."""
 
@@ -87,6 +90,7 @@ class Generate(msgspec.Struct, tag="generate", frozen=True):
     parallel_tool_calls: bool = True
     count_only: bool = False
     grammar: str | None = None
+    thinking: bool | None = None
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True):

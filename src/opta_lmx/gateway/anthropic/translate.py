@@ -28,7 +28,7 @@ from opta_lmx.gateway.anthropic.requests import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from opta_lmx.gateway.jobs import constraints, sampling
+from opta_lmx.gateway.jobs import constraints, sampling, thinking
 from opta_lmx.proto import ChatMessage, SamplingParams, Tool, ToolCall
 
 VOLATILE_PREFIX = "x-anthropic-billing-header:"
@@ -36,7 +36,8 @@ VOLATILE_PREFIX = "x-anthropic-billing-header:"
 
 def generate_fields(request: CountTokensRequest) -> dict[str, Any]:
     """The ``Generate`` fields that shape the prompt and constrain the output."""
-    return {"messages": chat_messages(request), **_constraints(request)}
+    wanted = None if request.thinking is None else request.thinking.type != "disabled"
+    return {"messages": chat_messages(request), **_constraints(request), **thinking(wanted)}
 
 
 def chat_messages(request: CountTokensRequest) -> list[ChatMessage]:

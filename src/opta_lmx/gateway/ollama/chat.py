@@ -7,7 +7,7 @@ import json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from opta_lmx.gateway.jobs import choices, constraints
+from opta_lmx.gateway.jobs import choices, constraints, thinking
 from opta_lmx.gateway.ollama.options import sampling_params
 from opta_lmx.gateway.ollama.replies import Reply, Timer
 from opta_lmx.gateway.ollama.requests import Message, decode_chat, json_schema, keep_alive_seconds
@@ -36,7 +36,11 @@ async def chat(request: Request) -> Response:
     facts = await model_facts(target)
     check_capabilities(facts, body.model, body.think, bool(body.tools))
     tools = [Tool(t.function.name, t.function.description, t.function.parameters or {}) for t in body.tools or ()]
-    fields = {"messages": chat_messages(body.messages), **constraints(json_schema(body.format), tools)}
+    fields = {
+        "messages": chat_messages(body.messages),
+        **constraints(json_schema(body.format), tools),
+        **thinking(None if body.think is None else body.think is not False),
+    }
     params = sampling_params(
         body.options, target.preset, context_length(state, target, facts), bool(body.logprobs), body.top_logprobs
     )

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from opta_lmx.gateway.jobs import choices, constraints
+from opta_lmx.gateway.jobs import choices, constraints, thinking
 from opta_lmx.gateway.ollama.options import sampling_params
 from opta_lmx.gateway.ollama.replies import Reply, Timer
 from opta_lmx.gateway.ollama.requests import GenerateRequest, decode_generate, json_schema, keep_alive_seconds
@@ -36,7 +36,11 @@ async def generate(request: Request) -> Response:
         return await load_or_unload(state, target, reply, keep_alive)
     facts = await model_facts(target)
     check_capabilities(facts, body.model, body.think, tools=False)
-    fields = {**prompt_fields(body), **constraints(json_schema(body.format))}
+    fields = {
+        **prompt_fields(body),
+        **constraints(json_schema(body.format)),
+        **thinking(None if body.think is None else body.think is not False),
+    }
     params = sampling_params(
         body.options, target.preset, context_length(state, target, facts), bool(body.logprobs), body.top_logprobs
     )

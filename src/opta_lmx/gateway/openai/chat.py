@@ -13,7 +13,7 @@ from starlette.responses import Response
 from opta_lmx.config import Preset
 from opta_lmx.errors import ApiError
 from opta_lmx.gateway.generation import KEEPALIVE_SECONDS, merged, respond
-from opta_lmx.gateway.jobs import choices, constraints, resolve, sampling
+from opta_lmx.gateway.jobs import choices, constraints, resolve, sampling, thinking
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.openai.chat_replies import KEEPALIVE_LINE, STREAM, ChatStream, chat_completion, error_line
 from opta_lmx.gateway.openai.requests import (
@@ -35,7 +35,8 @@ async def chat_completions(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     body = decode_chat_request(await request.body())
     target = resolve(state, body.model)
-    fields = {"messages": _messages(body), **_constraints(body)}
+    wanted = None if body.reasoning_effort is None else body.reasoning_effort != "none"
+    fields = {"messages": _messages(body), **_constraints(body), **thinking(wanted)}
     jobs = choices(target.model.name, fields, sampling_params(body, target.preset), body.n)
     lines = None
     if body.stream:

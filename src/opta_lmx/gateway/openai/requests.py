@@ -130,6 +130,9 @@ class ChatCompletionRequest(GenerationFields, kw_only=True, forbid_unknown_field
     tools: Annotated[list[ToolDef], Meta(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # "none" asks a reasoning model not to reason (its template's enable_thinking); the levels
+    # above it are not told apart: the model reasons as its weights do.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
 _DECODER = msgspec.json.Decoder(ChatCompletionRequest)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from opta_lmx.errors import InvalidRequest, UnsupportedParameter
-from opta_lmx.gateway.jobs import ToolMode, constraints
+from opta_lmx.gateway.jobs import ToolMode, constraints, thinking
 from opta_lmx.gateway.responses.items import (
     ContentPart,
     CustomToolCallItem,
@@ -251,7 +251,8 @@ def plan(request: ResponseRequest, history: list[ChatMessage]) -> Plan:
     if mode == "required" and not tools.by_name:
         raise InvalidRequest("tool_choice 'required' needs a function or custom tool the model can call.", param="tool_choice")
     forced = _forced_custom(tools, mode, named, choice)
-    fields: dict[str, Any] = {"messages": messages}
+    effort = body.reasoning.effort if body.reasoning is not None else None
+    fields: dict[str, Any] = {"messages": messages, **thinking(False if effort == "none" else None)}
     if forced is not None:
         if forced.grammar is not None:
             fields["grammar"] = forced.grammar

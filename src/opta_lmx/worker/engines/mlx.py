@@ -139,7 +139,8 @@ class MlxEngine:
             return list(tokenizer.encode(request.prompt, add_special_tokens=bos))
         tools = template_tools(request.tools) or None
         messages = template_messages(request.messages)
-        return list(self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True))
+        extra = {} if request.thinking is None else {"enable_thinking": request.thinking}
+        return list(self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, **extra))
 
     def submit(self, request: Generate) -> list[FromWorker]:
         rid = request.request_id
