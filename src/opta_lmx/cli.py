@@ -1,7 +1,7 @@
 """``opta-lmx``: serve the configured models, or write a demo model.
 
     opta-lmx serve [--config FILE] [--host 127.0.0.1] [--port 1234]
-    opta-lmx demo-model PATH [--size tiny|small] [--seed 0] [--thinking] [--context N]
+    opta-lmx demo-model PATH [--size tiny|small] [--seed 0] [--thinking] [--context N] [--vocab N]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--thinking", action="store_true", help="a reasoning variant with <think> markers")
     demo.add_argument("--context", type=int, help="context length in tokens (default: the size's own)")
+    demo.add_argument("--vocab", type=int, help="vocabulary size (default: the size's own)")
     return parser
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-model":
         from opta_lmx.demo.builder import build_demo_model
 
-        build_demo_model(args.path, args.size, args.seed, args.thinking, args.context)
+        build_demo_model(args.path, args.size, args.seed, args.thinking, args.context, args.vocab)
         print(f"wrote {args.size} demo model to {args.path}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")

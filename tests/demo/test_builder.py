@@ -58,9 +58,15 @@ def test_small_shape_is_in_the_benchmark_range(size: str) -> None:
     assert 100e6 <= total <= 200e6
 
 
-def test_context_length_can_be_set(tmp_path: Path) -> None:
+def test_context_length_and_vocabulary_can_be_set(tmp_path: Path) -> None:
     from opta_lmx.demo.builder import build_demo_model
 
-    path = build_demo_model(tmp_path / "long", "tiny", context=32768)
-    assert json.loads((path / "config.json").read_text())["max_position_embeddings"] == 32768
+    path = build_demo_model(tmp_path / "long", "tiny", context=32768, vocab=2048)
+    config = json.loads((path / "config.json").read_text())
+    assert config["max_position_embeddings"] == 32768
     assert json.loads((path / "tokenizer_config.json").read_text())["model_max_length"] == 32768
+    _, tokenizer = load(str(path))
+    assert config["vocab_size"] == len(tokenizer) == 2048
+    text = "def main(argv: list[str]) -> int:\n    return 0\n" * 10
+    _, tiny = load(str(build_demo_model(tmp_path / "tiny", "tiny")))
+    assert len(tokenizer.encode(text)) < len(tiny.encode(text))  # a wider vocabulary: fewer tokens

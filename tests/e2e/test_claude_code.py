@@ -1,6 +1,6 @@
 """The real Claude Code CLI runs one turn against a real server (Anthropic's Messages API).
 
-Its requests are what the test is about: a 29k-token system prompt of text blocks (the first a
+Its requests are what the test is about: a long system prompt of text blocks (the first a
 billing line that changes every request), ``role: "system"`` turns inside ``messages``, 12 tools,
 ``thinking``, ``context_management``, per-turn ``output_config``, streaming. The random model's
 reply is gibberish; a preset's stop strings end it within a few tokens, so the turn finishes
@@ -16,12 +16,15 @@ from pathlib import Path
 from opta_lmx.demo.builder import build_demo_model
 from tests.support.agent_clis import agent_cli
 
-CONTEXT = 40960  # above Claude Code's system prompt in the demo tokenizer's tokens (about 29k)
+# Above Claude Code's prompt in the demo tokenizer's tokens: about 29k with the tiny vocabulary,
+# about half with 8,192 tokens, which also quarters its attention's cost on a CPU.
+CONTEXT = 24576
+VOCAB = 8192
 
 
 def test_claude_print_mode_completes_a_turn(make_server, tmp_path: Path) -> None:
     claude = agent_cli("claude")
-    model = build_demo_model(tmp_path / "long", "tiny", context=CONTEXT)
+    model = build_demo_model(tmp_path / "long", "tiny", context=CONTEXT, vocab=VOCAB)
     server = make_server(
         f'[presets.short]\nstop = [" ", "e", "\\n"]\n'
         f'[[models]]\nname = "tiny"\npath = "{model}"\npreset = "short"\n'

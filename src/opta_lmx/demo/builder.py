@@ -82,18 +82,27 @@ SHAPES: dict[str, Shape] = {
 
 
 def build_demo_model(
-    path: Path, size: Size = "tiny", seed: int = 0, thinking: bool = False, context: int | None = None
+    path: Path,
+    size: Size = "tiny",
+    seed: int = 0,
+    thinking: bool = False,
+    context: int | None = None,
+    vocab: int | None = None,
 ) -> Path:
     """Write the model into ``path`` (created if missing); returns ``path``. Deterministic per seed.
 
     ``thinking`` adds ``<think>``/``</think>`` tokens and a template that opens the thinking block,
     the way reasoning models do. ``context`` sets the context length (the size's own otherwise):
-    agent clients send system prompts of many thousand tokens."""
+    agent clients send system prompts of many thousand tokens. ``vocab`` sets the vocabulary size
+    (the size's own otherwise): a larger one writes a long prompt in fewer tokens, and on a CPU a
+    long prompt's attention costs the square of its length."""
     shape = SHAPES[size]
     if context is not None:
         shape = msgspec.structs.replace(shape, max_position_embeddings=context)
+    if vocab is not None:
+        shape = msgspec.structs.replace(shape, vocab_size=vocab)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(shape.vocab_size, size, SPECIAL_TOKENS + TOOL_TOKENS + (THINKING_TOKENS if thinking else []))
+    tokenizer = _train_tokenizer(shape.vocab_size, SPECIAL_TOKENS + TOOL_TOKENS + (THINKING_TOKENS if thinking else []))
     _write_tokenizer(path / "tokenizer.json", tokenizer)
     eos_id = tokenizer.token_to_id("<|im_end|>")
     config = {
@@ -136,9 +145,13 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _corpus(size: Size) -> Iterator[str]:
+# The shipped corpus has text enough for the tiny vocabulary; a larger one trains on more.
+_SHIPPED_CORPUS_VOCAB = 512
+
+
+def _corpus(vocab_size: int) -> Iterator[str]:
     yield from (Path(__file__).with_name("corpus.txt").read_text(encoding="utf-8").splitlines())
-    if size == "tiny":
+    if vocab_size <= _SHIPPED_CORPUS_VOCAB:
         return
     # A larger vocabulary needs more text: the standard library's own sources, in a fixed order.
     stdlib = Path(os.__file__).parent
@@ -146,7 +159,7 @@ def _corpus(size: Size) -> Iterator[str]:
         yield from source.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-def _train_tokenizer(vocab_size: int, size: Size, special_tokens: list[str]):  # -> tokenizers.Tokenizer
+def _train_tokenizer(vocab_size: int, special_tokens: list[str]):  # -> tokenizers.Tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -158,7 +171,7 @@ def _train_tokenizer(vocab_size: int, size: Size, special_tokens: list[str]):  #
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(size), trainer)
+    tokenizer.train_from_iterator(_corpus(vocab_size), trainer)
     return tokenizer
 
 
