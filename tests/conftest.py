@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -191,16 +192,23 @@ def make_server(tmp_path: Path) -> Iterator:
                     kill_tree(pid)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
-    """One shared server with the tiny model as ``tiny``, for tests that do not disturb it."""
-    home = tmp_path_factory.mktemp("server")
-    srv = Server(home, model_config({"tiny": tiny_model})).start()
+@contextmanager
+def served(home: Path, config_text: str, states: dict[str, str] | None = None) -> Iterator[Server]:
+    """A server started with ``config_text``, its models in ``states`` (all RUNNING by default);
+    stopped afterwards, and every process it had killed if it got stuck."""
+    srv = Server(home, config_text).start()
     try:
-        srv.wait_models()
+        srv.wait_models(states)
         yield srv
     finally:
         pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
         srv.stop()
         for pid in pids:
             kill_tree(pid)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
+    """One shared server with the tiny model as ``tiny``, for tests that do not disturb it."""
+    with served(tmp_path_factory.mktemp("server"), model_config({"tiny": tiny_model})) as srv:
+        yield srv

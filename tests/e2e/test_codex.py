@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 from opta_lmx.demo.builder import build_demo_model
-from tests.conftest import Server, kill_tree
+from tests.conftest import Server, served
 from tests.support.agent_clis import agent_cli
 
 CONTEXT = 24576
@@ -51,15 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("codex-server")
     model = build_demo_model(home / "tiny", "tiny", context=CONTEXT, vocab=VOCAB)
     config = f'[presets.short]\nstop = [" ", "e"]\n\n[[models]]\nname = "tiny"\npath = "{model}"\npreset = "short"\n'
-    srv = Server(home, config).start()
-    try:
-        srv.wait_models()
+    with served(home, config) as srv:
         yield srv
-    finally:
-        pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
-        srv.stop()
-        for pid in pids:
-            kill_tree(pid)
 
 
 def run_codex(server: Server, tmp_path: Path, prompt: str) -> list[dict]:

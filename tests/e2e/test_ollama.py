@@ -18,7 +18,7 @@ import pytest
 from mlx_lm.utils import load_tokenizer
 
 from opta_lmx.demo.builder import build_demo_model
-from tests.conftest import Server, kill_tree, model_config
+from tests.conftest import Server, model_config, served
 from tests.support.schemas import random_schema
 
 MESSAGES = [
@@ -51,15 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, thinker: 
     config = model_config({"tiny": tiny_model, "thinker": thinker}).replace(
         'name = "tiny"', 'name = "tiny"\naliases = ["tiny-alias"]'
     )
-    srv = Server(home, config).start()
-    try:
-        srv.wait_models()
+    with served(home, config) as srv:
         yield srv
-    finally:
-        pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
-        srv.stop()
-        for pid in pids:
-            kill_tree(pid)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 from openapi_spec_validator import validate
 
 from opta_lmx.demo.builder import build_demo_model
-from tests.conftest import Server, model_config
+from tests.conftest import Server, model_config, served
 
 # Deliberate 501s (Ollama's model management and embeddings placeholders): not server errors.
 NOT_IMPLEMENTED = r"^/api/(pull|push|create|copy|delete|embed|embeddings|blobs)"
@@ -24,10 +23,8 @@ def short_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     """A tiny model with a 256-token context: a fuzzed max_tokens ends quickly."""
     home = tmp_path_factory.mktemp("fuzz")
     model = build_demo_model(home / "short", "tiny", context=256)
-    server = Server(home, model_config({"tiny": model})).start()
-    server.wait_models()
-    yield server
-    server.stop()
+    with served(home, model_config({"tiny": model})) as server:
+        yield server
 
 
 def test_the_document_is_valid_openapi_and_lists_every_route(short_server: Server) -> None:

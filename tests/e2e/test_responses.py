@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from opta_lmx.demo.builder import build_demo_model
-from tests.conftest import Server, kill_tree
+from tests.conftest import Server, served
 from tests.support.grammars import PATCH, PATCH_GRAMMAR
 
 ADD = {
@@ -61,16 +61,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
         f'[[models]]\nname = "slow"\npath = "{tiny_model}"\nengine = "tests.support.engines:SlowEngine"\n'
         f'[[models]]\nname = "cold"\npath = "{tiny_model}"\nload_on_start = false\n'
     )
-    srv = Server(home, config).start()
-    try:
-        srv.wait_models({"tiny": "RUNNING", "thinker": "RUNNING", "slow": "RUNNING"})
+    with served(home, config, {"tiny": "RUNNING", "thinker": "RUNNING", "slow": "RUNNING"}) as srv:
         yield srv
-    finally:
-        pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
-        srv.stop()
-        for pid in pids:
-            kill_tree(pid)
-        assert "Traceback" not in srv.log_path.read_text(), "the server logged an unexpected error"
+    assert "Traceback" not in srv.log_path.read_text(), "the server logged an unexpected error"
 
 
 @pytest.fixture

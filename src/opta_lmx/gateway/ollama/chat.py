@@ -7,46 +7,19 @@ import json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from opta_lmx.gateway.jobs import choices, constraints, thinking
-from opta_lmx.gateway.ollama.options import sampling_params
-from opta_lmx.gateway.ollama.replies import Reply, Timer
-from opta_lmx.gateway.ollama.requests import Message, decode_chat, json_schema, keep_alive_seconds
-from opta_lmx.gateway.ollama.serving import (
-    check_capabilities,
-    context_length,
-    load_or_unload,
-    model_facts,
-    resolve_ollama,
-    run,
-    set_keep_alive,
-)
-from opta_lmx.gateway.state import GatewayState
+from opta_lmx.gateway.jobs import constraints
+from opta_lmx.gateway.ollama.replies import Timer
+from opta_lmx.gateway.ollama.requests import Message, decode_chat, json_schema
+from opta_lmx.gateway.ollama.serving import answer
 from opta_lmx.proto import ChatMessage, Tool, ToolCall
 
 
 async def chat(request: Request) -> Response:
     timer = Timer()
-    state: GatewayState = request.app.state.gateway
     body = decode_chat(await request.body())
-    target = resolve_ollama(state, body.model)
-    keep_alive = keep_alive_seconds(body.keep_alive)
-    reply = Reply("chat", body.model, thinking=body.think is not False, logprobs=bool(body.logprobs))
-    if not body.messages:
-        return await load_or_unload(state, target, reply, keep_alive)
-    facts = await model_facts(target)
-    check_capabilities(facts, body.model, body.think, bool(body.tools))
     tools = [Tool(t.function.name, t.function.description, t.function.parameters or {}) for t in body.tools or ()]
-    fields = {
-        "messages": chat_messages(body.messages),
-        **constraints(json_schema(body.format), tools),
-        **thinking(None if body.think is None else body.think is not False),
-    }
-    params = sampling_params(
-        body.options, target.preset, context_length(state, target, facts), bool(body.logprobs), body.top_logprobs
-    )
-    await set_keep_alive(state, target, keep_alive)
-    [job] = choices(target.model.name, fields, params)
-    return await run(request, state, target, job, reply, timer, stream=body.stream is not False)
+    fields = {"messages": chat_messages(body.messages or []), **constraints(json_schema(body.format), tools)}
+    return await answer(request, timer, "chat", body, bool(body.messages), fields, tools=bool(body.tools))
 
 
 def chat_messages(messages: list[Message]) -> list[ChatMessage]:

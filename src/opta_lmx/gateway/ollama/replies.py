@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from opta_lmx.errors import ApiError
 from opta_lmx.gateway.generation import StreamFormat
+from opta_lmx.gateway.logprobs import logprob_entries
 from opta_lmx.gateway.sse import json_line_safe
 from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs, ToolCall
 
@@ -83,17 +84,6 @@ def _arguments(text: str) -> Any:
         return {"arguments": text}
 
 
-def logprobs_json(entries: list[TokenLogprobs]) -> list[dict[str, Any]]:
-    return [
-        {
-            "token": e.token,
-            "logprob": e.logprob,
-            "bytes": e.bytes,
-            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top],
-        }
-        for e in entries
-    ]
-
 
 class Reply:
     """Builds one request's reply objects. ``thinking``: whether reasoning text is shown (the
@@ -132,7 +122,7 @@ class Reply:
         reply = self._object(chunk.text, chunk.reasoning, chunk.tool_calls)
         reply["done"] = False
         if self.logprobs and chunk.logprobs:
-            reply["logprobs"] = logprobs_json(chunk.logprobs)
+            reply["logprobs"] = logprob_entries(chunk.logprobs)
         return reply
 
     def done(
@@ -148,7 +138,7 @@ class Reply:
         reply = self._object(text, reasoning, calls or [])
         reply.update(done=True, done_reason=done_reason(finished), **timer.metrics(finished))
         if self.logprobs and logprobs:
-            reply["logprobs"] = logprobs_json(logprobs)
+            reply["logprobs"] = logprob_entries(logprobs)
         return reply
 
     def status(self, reason: Literal["load", "unload"]) -> dict[str, Any]:

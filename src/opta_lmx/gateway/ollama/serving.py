@@ -9,18 +9,20 @@ import asyncio
 import logging
 from contextlib import aclosing
 from functools import partial
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from opta_lmx.errors import ApiError, InvalidRequest, ModelNotFound
 from opta_lmx.gateway.generation import Job, merged, prepare_all, respond, unless_disconnected
-from opta_lmx.gateway.jobs import Target, resolve
+from opta_lmx.gateway.jobs import Target, choices, resolve, thinking
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.ollama.facts import ModelFacts
 from opta_lmx.gateway.ollama.model_files import read_model_files
+from opta_lmx.gateway.ollama.options import sampling_params
 from opta_lmx.gateway.ollama.replies import STREAM, Reply, Timer
+from opta_lmx.gateway.ollama.requests import GenerationRequest, keep_alive_seconds
 from opta_lmx.gateway.sse import json_line_safe
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs, ToolCall
@@ -98,6 +100,34 @@ async def _wait_unloading(state: GatewayState, name: str) -> None:
         if status is None or status.state not in ("RUNNING", "STARTING"):
             return
         await asyncio.sleep(0.05)
+
+
+async def answer(
+    request: Request,
+    timer: Timer,
+    kind: Literal["chat", "generate"],
+    body: GenerationRequest,
+    has_input: bool,
+    fields: dict[str, Any],
+    tools: bool = False,
+) -> Response:
+    """What /api/chat and /api/generate share once their body is decoded: the model, its
+    keep-alive, a load or unload when there is no input (no messages, no prompt), else one job
+    with ``fields`` (the prompt and its constraints) on the shared generation path."""
+    state: GatewayState = request.app.state.gateway
+    target = resolve_ollama(state, body.model)
+    keep_alive = keep_alive_seconds(body.keep_alive)
+    reply = Reply(kind, body.model, thinking=body.think is not False, logprobs=bool(body.logprobs))
+    if not has_input:
+        return await load_or_unload(state, target, reply, keep_alive)
+    facts = await model_facts(target)
+    check_capabilities(facts, body.model, body.think, tools)
+    fields = {**fields, **thinking(None if body.think is None else body.think is not False)}
+    limit = context_length(state, target, facts)
+    params = sampling_params(body.options, target.preset, limit, bool(body.logprobs), body.top_logprobs)
+    await set_keep_alive(state, target, keep_alive)
+    [job] = choices(target.model.name, fields, params)
+    return await run(request, state, target, job, reply, timer, stream=body.stream is not False)
 
 
 async def run(

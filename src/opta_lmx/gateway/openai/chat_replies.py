@@ -13,6 +13,7 @@ from typing import Any
 
 from opta_lmx.errors import ApiError
 from opta_lmx.gateway.generation import Collected, StreamFormat
+from opta_lmx.gateway.logprobs import logprob_entries
 from opta_lmx.gateway.sse import data_event, json_line_safe
 from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs, ToolCall
 
@@ -119,19 +120,7 @@ def _choice(index: int, delta: dict[str, Any], reason: str | None, logprobs: Any
 
 def logprobs_json(entries: list[TokenLogprobs] | None) -> dict[str, Any] | None:
     """OpenAI's ``logprobs`` object of a choice (or of one chunk's tokens)."""
-    if entries is None:
-        return None
-    return {
-        "content": [
-            {
-                "token": e.token,
-                "logprob": e.logprob,
-                "bytes": e.bytes,
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top],
-            }
-            for e in entries
-        ]
-    }
+    return None if entries is None else {"content": logprob_entries(entries)}
 
 
 def error_line(error: ApiError) -> bytes:

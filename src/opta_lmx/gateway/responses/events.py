@@ -23,7 +23,6 @@ from opta_lmx.gateway.responses.objects import (
     Envelope,
     call_item,
     custom_input,
-    logprobs_json,
     message_item,
     new_id,
     output_text,
@@ -31,6 +30,7 @@ from opta_lmx.gateway.responses.objects import (
     usage,
 )
 from opta_lmx.gateway.responses.translate import CallTarget, ToolSet
+from opta_lmx.gateway.logprobs import logprob_entries
 from opta_lmx.gateway.sse import named_event
 from opta_lmx.proto import Finished, TokenChunk, ToolCall
 
@@ -115,7 +115,7 @@ class OutputWriter:
             self._reasoning_tokens = self._tokens
             out.append(self._delta("reasoning", chunk.reasoning, []))
         if chunk.text:
-            logprobs = logprobs_json(chunk.logprobs) if chunk.logprobs else []
+            logprobs = logprob_entries(chunk.logprobs) if chunk.logprobs else []
             out.append(self._answer(chunk.text, logprobs))
         for call in chunk.tool_calls:
             out.append(self._call(call))

@@ -14,7 +14,7 @@ from typing import Any
 
 from opta_lmx.gateway.responses.requests import JsonFormat, ResponseRequest
 from opta_lmx.gateway.responses.translate import CallTarget
-from opta_lmx.proto import Finished, SamplingParams, TokenLogprobs, ToolCall
+from opta_lmx.proto import Finished, SamplingParams, ToolCall
 
 
 def new_id(prefix: str) -> str:
@@ -89,17 +89,6 @@ class Envelope:
             **self._echo,
         }
 
-
-def logprobs_json(entries: list[TokenLogprobs]) -> list[dict[str, Any]]:
-    return [
-        {
-            "token": e.token,
-            "logprob": e.logprob,
-            "bytes": e.bytes,
-            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top],
-        }
-        for e in entries
-    ]
 
 
 def output_text(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
