@@ -60,6 +60,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Servers look for models only in their own data dir, never in this machine's Hugging Face cache
+# or LM Studio folders (a test that is about those sets its own [store] table).
+ISOLATED_STORE = "\n[store]\nhf_cache = false\ndirs = []\n"
+
+
 class Server:
     """A real ``opta-lmx serve`` (supervisor, gateway, workers) on a free loopback port."""
 
@@ -67,9 +72,13 @@ class Server:
         self.home = home
         self.port = free_port()
         self.config_path = home / "opta-lmx.toml"
-        self.config_path.write_text(config_text)
+        self.write_config(config_text)
         self.log_path = home / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, config_text: str) -> None:
+        """The config file (read again by ``lmxctl reload``), store isolated unless it says otherwise."""
+        self.config_path.write_text(config_text if "[store]" in config_text else config_text + ISOLATED_STORE)
 
     @property
     def base_url(self) -> str:
@@ -198,8 +207,8 @@ def make_server(tmp_path: Path) -> Iterator:
     servers: list[Server] = []
 
     def make(config_text: str, name: str = "home") -> Server:
-        home = tmp_path / name
-        home.mkdir()
+        home = tmp_path / name  # may exist already, holding models the test put there
+        home.mkdir(exist_ok=True)
         server = Server(home, config_text).start()
         servers.append(server)
         return server

@@ -27,6 +27,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inter_token_timeout: float = 300.0
     # Seconds a request waits for its model's worker to become ready before 503.
     ready_wait: float = 30.0
+    # Serve every model found on disk (see StoreConfig) by name too, loaded on its first request.
+    serve_local_models: bool = True
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

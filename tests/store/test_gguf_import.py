@@ -4,6 +4,8 @@ transforms, quantization kept or dequantized, the rebuilt tokenizer), and its re
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -122,3 +124,17 @@ def test_convert_refuses_bad_sources_and_existing_destinations(tmp_path: Path, t
         convert(tiny_model, tmp_path / "empty")
     with pytest.raises(ModelStoreError, match="bits must be one of"):
         convert(tiny_model, tmp_path / "out", bits=7)
+
+
+def test_cli_convert_quantizes_a_directory(tmp_path: Path, tiny_model: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "opta_lmx", "convert", str(tiny_model), str(tmp_path / "q8"), "--bits", "8", "--group-size", "32"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "q8" / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8 and config["quantization"]["group_size"] == 32
+    load_model(tmp_path / "q8")
+    bad = subprocess.run([sys.executable, "-m", "opta_lmx", "convert", str(tmp_path / "nothing.gguf"), str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "opta-lmx: " in bad.stderr and "Traceback" not in bad.stderr

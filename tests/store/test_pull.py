@@ -3,6 +3,11 @@ a cut transfer or a cancel, a corrupt file refused, a missing repository."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +116,47 @@ def test_one_gguf_quantization_is_chosen() -> None:
         select_files(files[1:], None, "o/m")
     assert gguf_quant("SmolLM2-135M-Instruct.Q4_1.gguf") == "Q4_1"
     assert gguf_quant("gemma-3-270m-q4_k_m.gguf") == "Q4_K_M"
+
+
+def test_ctrl_c_on_the_command_line_keeps_a_resumable_partial(tmp_path: Path, hub: StandInHub, smollm2_gguf: Path) -> None:
+    hub.delay = 0.002  # about 30 MB/s: Ctrl-C lands in the middle
+    env = {**os.environ, "OPTA_LMX_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hf")}
+    partial = tmp_path / "models" / PARTIAL_DIR
+    with HubServer(hub) as server:
+        env["HF_ENDPOINT"] = server.url
+        command = [sys.executable, "-m", "opta_lmx", "pull", GGUF_REPO]
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size >= 10 * MB for p in partial.rglob("*.part")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "is kept, pull again to continue" in err and "Traceback" not in err
+        assert not (tmp_path / "models" / GGUF_REPO).exists()
+        hub.delay = 0
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "models" / GGUF_REPO / smollm2_gguf.name).read_bytes() == smollm2_gguf.read_bytes()
+    assert hub.ranges(smollm2_gguf.name)[-1].startswith("bytes=") and hub.ranges(smollm2_gguf.name)[-1] != "bytes=0-"
+
+
+def test_a_full_disk_stops_the_pull_with_the_reason(tmp_path: Path, hub: StandInHub, smollm2_gguf: Path) -> None:
+    # A file size limit makes the kernel refuse writes past 15 MiB, as a full disk refuses them.
+    def limit_file_size() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (15 * MB, 15 * MB))
+
+    env = {**os.environ, "OPTA_LMX_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hf")}
+    with HubServer(hub) as server:
+        env["HF_ENDPOINT"] = server.url
+        result = subprocess.run(
+            [sys.executable, "-m", "opta_lmx", "pull", GGUF_REPO], env=env, capture_output=True, text=True,
+            preexec_fn=limit_file_size, timeout=120,
+        )
+    assert result.returncode == 1
+    assert "cannot write: File too large" in result.stderr and "is kept" in result.stderr
+    assert not (tmp_path / "models" / GGUF_REPO).exists()

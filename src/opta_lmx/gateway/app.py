@@ -47,8 +47,12 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 async def list_models(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
-    names = [name for model in state.config.models for name in (model.name, *model.aliases)]
-    data = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx"} for name in names]
+    data = []
+    for model in state.config.models:
+        status = state.models.get(model.name)
+        loaded = "loaded" if status is not None and status.state == "RUNNING" else "not-loaded"  # LM Studio's words
+        for name in (model.name, *model.aliases):
+            data.append({"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx", "state": loaded})
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -82,7 +82,11 @@ class ShutdownServer(msgspec.Struct, tag="shutdown_server", frozen=True):
     pass
 
 
-ControlRequest = GetStatus | EnsureLoaded | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer
+class Rescan(msgspec.Struct, tag="rescan", frozen=True):
+    """Look for models on disk again (after a pull or a delete): new ones are served, gone ones dropped."""
+
+
+ControlRequest = GetStatus | EnsureLoaded | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer | Rescan
 
 
 class StatusReply(msgspec.Struct, tag="status_reply", frozen=True):
