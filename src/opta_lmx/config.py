@@ -17,7 +17,7 @@ from opta_lmx.errors import ConfigError
 
 DEMO_MODEL_NAME = "opta-demo"
 ENGINES = ("auto", "mlx", "gguf")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -45,6 +45,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Web origins whose pages may call the API from a browser (CORS); a browser request from
     # any other origin is refused. "*" allows every origin.
     cors_origins: list[str] = []
+    # Serve every model found on disk (see StoreConfig) by name too, loaded on its first request.
+    serve_local_models: bool = True
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -80,6 +82,15 @@ class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     process_overhead: int = 256 * 1024 * 1024
     # At most this many models loaded at once (0 = no limit).
     max_loaded_models: int = 0
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where models on disk are found, besides ``<data_dir>/models`` (pulled and imported ones)."""
+
+    # The Hugging Face cache ($HF_HUB_CACHE, by default ~/.cache/huggingface/hub).
+    hf_cache: bool = True
+    # Folders laid out as publisher/model/files, LM Studio's way (its folders by default).
+    dirs: list[str] = msgspec.field(default_factory=lambda: ["~/.lmstudio/models", "~/.cache/lm-studio/models"])
 
 
 class Preset(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -152,6 +163,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     memory: MemoryConfig = MemoryConfig()
+    store: StoreConfig = StoreConfig()
     presets: dict[str, Preset] = {}
     models: list[ModelConfig] = []
     # Where built demo models, logs and state live; "" means the default data directory.
@@ -229,7 +241,7 @@ def _check(config: Config, source: str) -> None:
         if model.preset is not None and model.preset not in config.presets:
             raise ConfigError(f"{source}: model {model.name!r}: no [presets.{model.preset}] table")
         for name in (model.name, *model.aliases):
-            if not _MODEL_NAME.match(name):
+            if not MODEL_NAME_PATTERN.match(name):
                 raise ConfigError(
                     f"{source}: model name {name!r} must be 1-128 characters of letters, digits, "
                     "'.', '_', ':', '/', '-' and start with a letter or digit"
@@ -259,6 +271,19 @@ def exposure_error(server: ServerConfig) -> str | None:
         f"listening on {server.host} would let anyone who reaches port {server.port} use the models: "
         "set [server] api_keys, or allow_unauthenticated_remote = true to do it deliberately"
     )
+
+
+def with_local_models(config: Config, local: list[ModelConfig]) -> Config:
+    """The config with models found on disk added, unless a configured model already has the name
+    (as a name or an alias) or the path: the configured one wins."""
+    taken = {name for m in config.models for name in (m.name, *m.aliases)}
+    paths = {_resolved(m.path) for m in config.models}
+    extra = [m for m in local if m.name not in taken and _resolved(m.path) not in paths]
+    return msgspec.structs.replace(config, models=[*config.models, *extra]) if extra else config
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def budget_bytes(memory: MemoryConfig, total_ram: int) -> int:

@@ -3,6 +3,11 @@
     LmxError
      ├── ConfigError                  bad or unreadable config file (start-up, reload)
      ├── ProtocolError                a peer speaks another proto_version or sends garbage
+     ├── ModelStoreError              a model on disk or on a hub cannot be read, imported, pulled or removed
+     │    ├── UnsupportedModel             an architecture, tokenizer or file layout the importer cannot handle
+     │    ├── LocalModelNotFound           no model of that name on disk
+     │    ├── ModelInUse                   refused while the model is loaded
+     │    └── DownloadError                a pull failed: repo or file missing, network, checksum, disk full
      └── ApiError                     anything an HTTP client sees: status + OpenAI error body
           ├── RequestError            this request is wrong; retrying it as is will fail again
           │    ├── InvalidRequest          400 invalid_request_error (bad JSON, wrong type, missing field)
@@ -40,6 +45,28 @@ class ConfigError(LmxError):
 
 class ProtocolError(LmxError):
     pass
+
+
+class ModelStoreError(LmxError):
+    """``status`` is the HTTP status an API answering with this error uses."""
+
+    status: int = 400
+
+
+class UnsupportedModel(ModelStoreError):
+    status = 422
+
+
+class LocalModelNotFound(ModelStoreError):
+    status = 404
+
+
+class ModelInUse(ModelStoreError):
+    status = 409
+
+
+class DownloadError(ModelStoreError):
+    status = 502
 
 
 class ApiError(LmxError):

@@ -275,7 +275,7 @@ def test_reload_adds_removes_and_refuses_bad_config(make_server, tiny_model: Pat
     server.wait_models()
     keep_pid = re.search(r"pid (\d+)", ctl(server, "status", "keep").stdout).group(1)
 
-    server.config_path.write_text(FAST + model_config({"keep": tiny_model, "new": tiny_model}))
+    server.write_config(FAST + model_config({"keep": tiny_model, "new": tiny_model}))
     reloaded = ctl(server, "reload")
     assert reloaded.returncode == 0, reloaded.stdout
     assert "drop: removed" in reloaded.stdout and "new: added" in reloaded.stdout
@@ -285,7 +285,7 @@ def test_reload_adds_removes_and_refuses_bad_config(make_server, tiny_model: Pat
     models = [m.id for m in client_for(server).models.list().data]
     assert sorted(models) == ["keep", "new"]
 
-    server.config_path.write_text("[server]\nbogus = 1\n")
+    server.write_config("[server]\nbogus = 1\n")
     refused = ctl(server, "reload")
     assert refused.returncode == 2 and "bogus" in refused.stdout and "keeping the old one" in refused.stdout
     assert ctl(server, "status").returncode == 0
@@ -371,7 +371,7 @@ def test_swap_by_reload_drains_the_running_stream(make_server, tiny_model: Path,
     while "1 in flight" not in ctl(server, "status", "m").stdout:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    server.config_path.write_text(FAST + models_block({"m": (replacement, SLOW)}))
+    server.write_config(FAST + models_block({"m": (replacement, SLOW)}))
     reloaded = ctl(server, "reload")
     streamer.join(60)
     assert reloaded.returncode == 0 and "m: replaced" in reloaded.stdout

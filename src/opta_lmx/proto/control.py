@@ -96,8 +96,12 @@ class ShutdownServer(msgspec.Struct, tag="shutdown_server", frozen=True):
     pass
 
 
+class Rescan(msgspec.Struct, tag="rescan", frozen=True):
+    """Look for models on disk again (after a pull or a delete): new ones are served, gone ones dropped."""
+
+
 ControlRequest = (
-    GetStatus | EnsureLoaded | KeepAlive | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer
+    GetStatus | EnsureLoaded | KeepAlive | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer | Rescan
 )
 
 

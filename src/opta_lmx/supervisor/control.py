@@ -21,6 +21,7 @@ from opta_lmx.proto import (
     GetStatus,
     KeepAlive,
     Reload,
+    Rescan,
     Restart,
     ShutdownServer,
     Signal,
@@ -78,6 +79,8 @@ async def handle(supervisor: Supervisor, request: ControlRequest) -> ControlRepl
         return StatusReply(models=models)
     if isinstance(request, Reload):
         return await _reload(supervisor)
+    if isinstance(request, Rescan):
+        return await supervisor.rescan()
     if isinstance(request, ShutdownServer):
         supervisor.request_stop()
         return CommandResult(ok=True, message="Shut down")

@@ -22,7 +22,7 @@ import psutil
 import zmq
 import zmq.asyncio
 
-from opta_lmx.config import Config, ModelConfig, budget_bytes
+from opta_lmx.config import Config, ModelConfig, budget_bytes, with_local_models
 from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, Trim, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
 from opta_lmx.supervisor import memory_policy as policy
@@ -42,14 +42,26 @@ _TRIM_COOLDOWN = 10.0
 _SPARE_DELAY = 3.0
 
 ConfigSource = Callable[[], Config]
+# The models found on disk for a config (its [store] settings), as entries to serve by name.
+LocalModels = Callable[[Config], list[ModelConfig]]
 
 
 class Supervisor:
-    def __init__(self, config: Config, data_dir: Path, runtime: Runtime, reload_source: ConfigSource | None) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: Config,
+        data_dir: Path,
+        runtime: Runtime,
+        reload_source: ConfigSource | None,
+        local_models: LocalModels | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.runtime = runtime
         self.reload_source = reload_source
+        self._local_models = local_models
+        # What the config file says; ``config`` is that plus the models found on disk.
+        self.configured = config
+        self.config = self._effective(config)
         self._death = DeathPipe()
         self._context = zmq.asyncio.Context()
         self._control = self._bind(zmq.ROUTER, runtime.control_address)
@@ -67,7 +79,7 @@ class Supervisor:
             self.send_to_worker,
             replace_delay=_SPARE_DELAY,
         )
-        self.workers: dict[str, WorkerProcess] = {m.name: self._make_worker(m) for m in config.models}
+        self.workers: dict[str, WorkerProcess] = {m.name: self._make_worker(m) for m in self.config.models}
         self._admission = asyncio.Lock()
         self._stopping_tasks: dict[str, asyncio.Task[None]] = {}
         self._trimmed_at: dict[str, float] = {}
@@ -290,8 +302,25 @@ class Supervisor:
 
     # -- reload ------------------------------------------------------------------------------
 
-    async def reload(self, new: Config) -> CommandResult:
+    def _effective(self, config: Config) -> Config:
+        """``config`` with the models on disk added (``serve_local_models``), configured ones winning."""
+        if not config.server.serve_local_models or self._local_models is None:
+            return config
+        try:
+            local = self._local_models(config)
+        except Exception:  # a scan failure must not stop the configured models from serving
+            log.exception("scanning for local models failed")
+            local = []
+        return with_local_models(config, local)
+
+    async def rescan(self) -> CommandResult:
+        """Look for models on disk again (after a pull or a delete) and serve what changed."""
+        return await self.reload(self.configured)
+
+    async def reload(self, configured: Config) -> CommandResult:
         """Apply a new config: add, remove and replace changed models; unchanged workers stay."""
+        new = await asyncio.to_thread(self._effective, configured)
+        self.configured = configured
         old = {name: w.model for name, w in self.workers.items()}
         fresh = {m.name: m for m in new.models}
         notes: list[str] = []
@@ -344,16 +373,23 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.0f} MiB"
 
 
-def run_supervisor(config: Config, data_dir: Path, reload_source: ConfigSource | None = None) -> int:
+def run_supervisor(
+    config: Config,
+    data_dir: Path,
+    reload_source: ConfigSource | None = None,
+    local_models: LocalModels | None = None,
+) -> int:
     runtime = Runtime.create()
     try:
-        return asyncio.run(_main(config, data_dir, runtime, reload_source))
+        return asyncio.run(_main(config, data_dir, runtime, reload_source, local_models))
     finally:
         shutil.rmtree(runtime.directory, ignore_errors=True)
 
 
-async def _main(config: Config, data_dir: Path, runtime: Runtime, reload_source: ConfigSource | None) -> int:
-    return await Supervisor(config, data_dir, runtime, reload_source).run()
+async def _main(
+    config: Config, data_dir: Path, runtime: Runtime, reload_source: ConfigSource | None, local_models: LocalModels | None
+) -> int:
+    return await Supervisor(config, data_dir, runtime, reload_source, local_models).run()
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""GET /v1/models: every configured model and alias, in OpenAI's list shape."""
+"""GET /v1/models: every model served (configured, and found on disk) and alias, in OpenAI's list shape."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ _STARTED = int(time.time())
 
 
 async def list_models(request: Request) -> Response:
+    """Each entry says whether the model is loaded now, in LM Studio's words."""
     state: GatewayState = request.app.state.gateway
-    names = [name for model in state.config.models for name in (model.name, *model.aliases)]
-    data = [{"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx"} for name in names]
+    data = []
+    for model in state.config.models:
+        status = state.models.get(model.name)
+        loaded = "loaded" if status is not None and status.state == "RUNNING" else "not-loaded"
+        for name in (model.name, *model.aliases):
+            data.append({"id": name, "object": "model", "created": _STARTED, "owned_by": "opta-lmx", "state": loaded})
     return JSONResponse({"object": "list", "data": data})
