@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from opta_lmx.errors import InvalidRequest
-from opta_lmx.gateway import anthropic, openai
+from opta_lmx.gateway import anthropic, openai, rerank
 from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.state import GatewayState
 
@@ -35,7 +35,7 @@ async def health(request: Request) -> Response:
 
 
 def create_app(state: GatewayState) -> Starlette:
-    routes = [*openai.routes(), *anthropic.routes(), Route("/health", health, methods=["GET"])]
+    routes = [*openai.routes(), *anthropic.routes(), *rerank.routes(), Route("/health", health, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _on_http_error})
     app.state.gateway = state
     return app

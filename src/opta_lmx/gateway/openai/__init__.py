@@ -1,4 +1,4 @@
-"""OpenAI's API: chat completions, text completions and the model list, in OpenAI's shapes."""
+"""OpenAI's API: chat completions, text completions, embeddings and the model list, in OpenAI's shapes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from starlette.routing import Route
 from opta_lmx.gateway.endpoints import guarded, openai_error
 from opta_lmx.gateway.openai.chat import chat_completions
 from opta_lmx.gateway.openai.completions import completions
+from opta_lmx.gateway.openai.embeddings import embeddings
 from opta_lmx.gateway.openai.models import list_models
 
 
@@ -15,6 +16,7 @@ def routes() -> list[Route]:
     endpoints = [
         ("/chat/completions", chat_completions, "POST"),
         ("/completions", completions, "POST"),
+        ("/embeddings", embeddings, "POST"),
         ("/models", list_models, "GET"),
     ]
     return [
