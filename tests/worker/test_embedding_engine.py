@@ -114,6 +114,23 @@ def test_cancel_drops_queued_inputs_and_abort_fails_the_rest(minilm: EmbeddingEn
     assert minilm.active == 0 and minilm.step() == []
 
 
+def test_a_fault_in_a_forward_pass_fails_its_requests_and_the_queue_goes_on(
+    minilm_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(batch: list) -> None:
+        raise RuntimeError("out of memory")
+
+    # Two inputs a pass: requests 1 and 2 share the first.
+    small = EmbeddingEngine("minilm", str(minilm_model), EngineOptions(batch_size=2))
+    monkeypatch.setattr(small, "_forward", broken)
+    assert small.embed(Embed(1, [CAT])) == small.embed(Embed(2, [KITTEN, STOCKS])) == small.embed(Embed(3, [CAT])) == []
+    failed = small.step()
+    assert failed == [Failed(1, "engine_error", "RuntimeError: out of memory"), Failed(2, "engine_error", "RuntimeError: out of memory")]
+    monkeypatch.undo()
+    replies = run(small)
+    assert [type(r) for r in replies.values()] == [Embeddings] and list(replies) == [3]
+
+
 def test_an_embedding_model_writes_no_text(minilm: EmbeddingEngine) -> None:
     request = Generate(1, [ChatMessage("user", "hi")])
     [failed] = minilm.submit(request)

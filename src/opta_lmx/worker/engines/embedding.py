@@ -217,7 +217,10 @@ class EmbeddingEngine:
         batch = self._take_batch()
         if not batch:
             return []
-        rows = self._forward(batch)
+        try:
+            rows = self._forward(batch)
+        except Exception as exc:  # a fault fails the requests this pass carried; the queue goes on
+            return self._fail([item.request for item in batch], f"{type(exc).__name__}: {exc}")
         self.embedded += len(batch)
         self.batches += 1
         replies: list[FromWorker] = []
@@ -228,6 +231,10 @@ class EmbeddingEngine:
             if request.left == 0 and self._requests.pop(request.request_id, None) is not None:
                 replies.append(self._reply(request))
         return replies
+
+    def _fail(self, requests: list[_Request], message: str) -> list[FromWorker]:
+        failed = {r.request_id for r in requests if self._requests.pop(r.request_id, None) is not None}
+        return [Failed(rid, "engine_error", message) for rid in sorted(failed)]
 
     def _take_batch(self) -> list[_Input]:
         """The queue's first inputs that fit the batch bounds (always at least one), skipping
