@@ -135,6 +135,10 @@ def test_the_wrong_kind_of_model_is_a_400(client: openai.OpenAI, server: Server)
         client.chat.completions.create(model="minilm", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="does not generate text"):
         client.completions.create(model="minilm", prompt="hi", stream=True)
+    messages = {"model": "minilm", "messages": [{"role": "user", "content": "hi"}]}
+    for path, extra in (("/v1/messages", {"max_tokens": 4}), ("/v1/messages/count_tokens", {})):  # Anthropic's shape
+        answer = httpx.post(f"{server.base_url}{path}", json={**messages, **extra}, timeout=60)
+        assert answer.status_code == 400 and "does not generate text" in answer.json()["error"]["message"]
     rerank = httpx.post(f"{server.base_url}/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]}, timeout=60)
     assert rerank.status_code == 400 and "scores no documents" in rerank.json()["error"]["message"]
 

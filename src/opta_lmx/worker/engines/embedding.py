@@ -74,8 +74,8 @@ class EmbeddingEngine:
         self._config = self._model.config
         self._sentence = SentenceConfig.read(location)
         self._tokenizer = _load_tokenizer(location)
-        limits = [self._config.max_position_embeddings, self._sentence.max_length or self._config.max_position_embeddings]
-        self.ctx_len = min(limits)
+        positions = self._config.max_position_embeddings
+        self.ctx_len = min(positions, self._sentence.max_length or positions)
         self.cross_encoder = self._config.cross_encoder
         self.dimensions = 1 if self.cross_encoder else self._config.hidden_size * len(self._sentence.modes)
         self._batch_inputs = options.batch_size
@@ -116,9 +116,8 @@ class EmbeddingEngine:
             inputs = self._encode(request)
         except InputError as error:
             return [Failed(rid, error.code, str(error))]
-        state = _Request(rid, sum(len(ids) for ids, _ in inputs), dimensions, method)
-        state.rows = [None] * len(inputs)
-        state.left = len(inputs)
+        tokens = sum(len(ids) for ids, _ in inputs)
+        state = _Request(rid, tokens, dimensions, method, rows=[None] * len(inputs), left=len(inputs))
         if not inputs:
             return [self._reply(state)]
         self._requests[rid] = state
