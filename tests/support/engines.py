@@ -1,10 +1,11 @@
-"""Engine plug-ins for tests: the real MLX engine, made slow or stuck on purpose."""
+"""Engine plug-ins for tests: the real MLX and embedding engines, made slow or stuck on purpose."""
 
 from __future__ import annotations
 
 import time
 
 from opta_lmx.proto import FromWorker
+from opta_lmx.worker.engines.embedding import EmbeddingEngine
 from opta_lmx.worker.engines.mlx import MlxEngine
 
 STALL_AFTER = 5
@@ -89,3 +90,16 @@ class SpinningStepEngine(FirstStepEngine):
         deadline = time.perf_counter() + SPIN_SECONDS
         while time.perf_counter() < deadline:
             pass
+
+
+SLOW_EMBED_STEP_SECONDS = 0.5
+
+
+class SlowEmbeddingEngine(EmbeddingEngine):
+    """An embedding forward pass that takes ``SLOW_EMBED_STEP_SECONDS`` more: a request is still
+    in flight when a test acts on its worker, whatever the machine's speed."""
+
+    def step(self) -> list[FromWorker]:
+        if self.active:
+            time.sleep(SLOW_EMBED_STEP_SECONDS)
+        return super().step()

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from opta_lmx.config import ServerConfig
 from opta_lmx.errors import InvalidRequest
-from opta_lmx.gateway import anthropic, ollama, openai, responses
+from opta_lmx.gateway import anthropic, ollama, openai, rerank, responses
 from opta_lmx.gateway.anthropic.errors import error_response as anthropic_error
 from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.limits import BodyLimit
@@ -61,6 +61,7 @@ def create_app(state: GatewayState) -> Starlette:
         *anthropic.routes(),
         *ollama.routes(),
         *responses.routes(),
+        *rerank.routes(),
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]

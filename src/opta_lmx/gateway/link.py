@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from opta_lmx.errors import ApiError, WorkerUnavailable
-from opta_lmx.proto import Cancel, Failed, Finished, FromWorker, Generate, Started, TokenChunk, ToWorker
+from opta_lmx.proto import Cancel, Embed, Embeddings, Failed, Finished, FromWorker, Generate, Started, TokenChunk, ToWorker
 
 log = logging.getLogger("opta_lmx.gateway")
 
@@ -176,10 +176,11 @@ class WorkerLink:
                 del self._per_model[pending.model]
         return pending
 
-    async def open(self, identity: str, **fields: object) -> Pending:
-        """Register a request and send its ``Generate`` (built with a fresh request id)."""
+    async def open(self, identity: str, kind: type[Generate | Embed] = Generate, **fields: object) -> Pending:
+        """Register a request and send it: a ``Generate``, or an ``Embed``, built from ``fields``
+        with a fresh request id."""
         pending = Pending(next(self._ids), identity.encode())
-        request = Generate(request_id=pending.request_id, **fields)  # type: ignore[arg-type]
+        request = kind(request_id=pending.request_id, **fields)  # type: ignore[arg-type]
         self._add(pending)
         try:
             await self._send_when_connected(pending.identity, request)
@@ -260,6 +261,6 @@ class WorkerLink:
         pending = self._pending.get(message.request_id)
         if pending is None or pending.identity != identity:
             return
-        if isinstance(message, (Finished, Failed)):
+        if isinstance(message, (Finished, Failed, Embeddings)):
             self._drop(message.request_id)
         pending.queue.put_nowait(message)

@@ -2,7 +2,8 @@
 
 Sockets and directions:
 
-- data path, gateway ROUTER <-> worker DEALER: ``ToWorker`` one way, ``FromWorker`` back.
+- data path, gateway ROUTER <-> worker DEALER: ``ToWorker`` one way, ``FromWorker`` back
+  (generation: ``Generate``/``Cancel``; embeddings and rerank scores: ``Embed``).
 - worker DEALER -> supervisor ROUTER: ``WorkerReport``; supervisor -> worker: ``WorkerCommand``.
 - lmxctl / gateway DEALER -> supervisor control ROUTER: ``ControlRequest``; back: ``ControlReply``.
 - supervisor PUB -> gateway SUB: ``ModelStatus`` events.
@@ -32,6 +33,8 @@ from opta_lmx.proto.control import (
 from opta_lmx.proto.data import (
     Cancel,
     ChatMessage,
+    Embed,
+    Embeddings,
     Failed,
     Finished,
     FromWorker,
@@ -68,6 +71,8 @@ __all__ = [
     "CommandResult",
     "ControlReply",
     "ControlRequest",
+    "Embed",
+    "Embeddings",
     "EnsureLoaded",
     "Failed",
     "Finished",

@@ -4,7 +4,8 @@
 map-like structs, and the token stream is the hot path). Evolution rule for them: append new
 fields at the end, with defaults; never reorder, never change a type.
 
-Every ``Generate`` ends with exactly one terminal message, ``Finished`` or ``Failed``.
+Every ``Generate`` ends with exactly one terminal message, ``Finished`` or ``Failed``; every
+``Embed`` with exactly one ``Embeddings`` or ``Failed``.
 """
 
 from __future__ import annotations
@@ -99,7 +100,25 @@ class Cancel(msgspec.Struct, tag="cancel", frozen=True):
     request_id: int
 
 
-ToWorker = Generate | Cancel
+class Embed(msgspec.Struct, tag="embed", frozen=True):
+    """Vectors for ``texts`` (tokenized by the worker) or ``token_ids`` (the model's input as it
+    is), one each, in order; answered with one ``Embeddings`` or ``Failed``.
+
+    An input longer than the model's context fails the request (``context_length_exceeded``,
+    naming its index) unless ``truncate``. ``dimensions`` keeps the first that many components
+    and renormalises them (models trained for it only). With a ``query``, each text gets a
+    relevance score instead (``dimensions`` 1 in the reply): a cross-encoder scores the pair
+    (query, text), an embedding model gives the cosine similarity of their vectors."""
+
+    request_id: int
+    texts: list[str] = []
+    token_ids: list[list[int]] = []
+    truncate: bool = False
+    dimensions: int | None = None
+    query: str | None = None
+
+
+ToWorker = Generate | Cancel | Embed
 
 
 class Started(msgspec.Struct, tag="s", array_like=True, frozen=True):
@@ -161,4 +180,18 @@ class Failed(msgspec.Struct, tag="e", array_like=True, frozen=True):
     message: str
 
 
-FromWorker = Started | TokenChunk | Finished | Failed
+class Embeddings(msgspec.Struct, tag="v", array_like=True, frozen=True):
+    """The answer to an ``Embed``: ``vectors`` holds one vector per input, in order, each
+    ``dimensions`` float32 values, little-endian (bytes: no per-number cost on the wire, and
+    OpenAI's base64 encoding is exactly these bytes). ``prompt_tokens``: tokens of all inputs.
+    ``method`` says how scores were made for a query: ``"cross_encoder"`` or ``"cosine"``
+    (empty for plain embeddings)."""
+
+    request_id: int
+    vectors: bytes
+    dimensions: int
+    prompt_tokens: int
+    method: str = ""
+
+
+FromWorker = Started | TokenChunk | Finished | Failed | Embeddings

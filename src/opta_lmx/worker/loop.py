@@ -20,8 +20,8 @@ import time
 import msgspec
 import zmq
 
-from opta_lmx.proto import Cancel, Failed, Finished, FromWorker, Generate, Started, TokenChunk, ToWorker
-from opta_lmx.worker.engines.base import Engine
+from opta_lmx.proto import Cancel, Embed, Embeddings, Failed, Finished, FromWorker, Generate, Started, TokenChunk, ToWorker
+from opta_lmx.worker.engines.base import Embedder, Engine, Refused
 from opta_lmx.worker.liveness import Heartbeats
 
 _IDLE_POLL_MS = 100
@@ -126,26 +126,50 @@ class ModelLoop:
                 print(f"worker: dropped an undecodable message: {exc}", file=sys.stderr, flush=True)
                 continue
             match message:
-                case Generate(request_id=rid) if self._drain.is_set():
+                case Generate(request_id=rid) | Embed(request_id=rid) if self._drain.is_set():
                     self._send([Failed(rid, "model_unavailable", "the model is being unloaded; retry")])
                 case Generate(count_only=True):
                     self._send(self._count(message))
                 case Generate():
-                    if self._first_arrival is None:
-                        self._first_arrival = time.perf_counter()
+                    self._arrived()
                     try:
                         replies = self._engine.submit(message)
                     except Exception as exc:  # an engine bug must not take the other requests down
                         replies = [Failed(message.request_id, "engine_error", f"{type(exc).__name__}: {exc}")]
                     self._send(replies)
+                case Embed():
+                    self._arrived()
+                    self._send(self._embed(message))
                 case Cancel(request_id=rid):
                     self._send(self._engine.cancel(rid))
+
+    def _arrived(self) -> None:
+        if self._first_arrival is None:  # the first request: its time to first output is measured
+            self._first_arrival = time.perf_counter()
+
+    def _embed(self, request: Embed) -> list[FromWorker]:
+        engine = self._engine
+        if not isinstance(engine, Embedder):
+            return [
+                Failed(
+                    request.request_id,
+                    "invalid_request",
+                    f"The model '{engine.model_name}' generates text; it makes no embeddings and "
+                    "scores no documents (use an embedding model).",
+                )
+            ]
+        try:
+            return engine.embed(request)
+        except Exception as exc:  # an engine bug must not take the other requests down
+            return [Failed(request.request_id, "engine_error", f"{type(exc).__name__}: {exc}")]
 
     def _count(self, request: Generate) -> list[FromWorker]:
         """A count-only request: the prompt's length, nothing generated."""
         rid = request.request_id
         try:
             count = len(self._engine.prompt_tokens(request))
+        except Refused as exc:  # the wrong kind of model (an embedding model)
+            return [Failed(rid, "invalid_request", str(exc))]
         except Exception as exc:  # the chat template rejected the messages (jinja raise)
             return [Failed(rid, "invalid_request", f"chat template failed: {exc}")]
         return [Started(rid, count), Finished(rid, "stop", count, 0)]
@@ -153,5 +177,5 @@ class ModelLoop:
     def _send(self, messages: list[FromWorker]) -> None:
         self._outbox.send(messages)
         if self._first_arrival is not None and not self._commands.first_token_seconds:
-            if any(isinstance(m, TokenChunk) for m in messages):
+            if any(isinstance(m, (TokenChunk, Embeddings)) for m in messages):
                 self._commands.first_token_seconds = time.perf_counter() - self._first_arrival

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import signal
 import sys
@@ -27,21 +28,43 @@ from opta_lmx.worker.engines.base import Engine
 EXIT_LOAD_FAILED = 3
 
 
+# Encoders whose config.json says what they are; a sentence-transformers modules.json says it too.
+_ENCODER_ARCHITECTURES = ("BertModel", "BertForSequenceClassification")
+
+
 def resolve_engine(spec: str, path: str) -> str:
-    """``auto`` is ``gguf`` for GGUF weights and ``mlx`` otherwise."""
+    """``auto`` is ``gguf`` for GGUF weights, ``embedding`` for an encoder (a sentence-transformers
+    model, or a config.json naming a BERT encoder or cross-encoder), ``mlx`` otherwise."""
     if spec != "auto":
         return spec
     location = Path(path)
     is_gguf = location.suffix == ".gguf" or (location.is_dir() and any(location.glob("*.gguf")))
-    return "gguf" if is_gguf else "mlx"
+    if is_gguf:
+        return "gguf"
+    return "embedding" if _is_encoder(location) else "mlx"
+
+
+def _is_encoder(location: Path) -> bool:
+    if (location / "modules.json").is_file():
+        return True
+    try:
+        architectures = json.loads((location / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False  # the engine's load says what is wrong with the files
+    return any(name in _ENCODER_ARCHITECTURES for name in architectures)
 
 
 def load_engine_class(spec: str) -> Callable[[str, str, EngineOptions], Engine]:
-    """``mlx`` or a plug-in ``package.module:Class`` built as ``Class(model_name, path, options)``."""
+    """``mlx``, ``embedding`` or a plug-in ``package.module:Class`` built as
+    ``Class(model_name, path, options)``."""
     if spec == "mlx":
         from opta_lmx.worker.engines.mlx import MlxEngine
 
         return MlxEngine
+    if spec == "embedding":
+        from opta_lmx.worker.engines.embedding import EmbeddingEngine
+
+        return EmbeddingEngine
     if spec == "gguf":
         raise NotImplementedError("GGUF models (llama-cpp-python) are not supported by this version yet")
     module_name, _, class_name = spec.partition(":")
@@ -52,7 +75,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opta-lmx-worker")
     parser.add_argument("--model")
     parser.add_argument("--path")
-    parser.add_argument("--engine", default="auto", help='"auto", "mlx" or "package.module:Class"')
+    parser.add_argument("--engine", default="auto", help='"auto", "mlx", "embedding" or "package.module:Class"')
     parser.add_argument("--generation", type=int, default=0)
     parser.add_argument("--spare", type=int, default=None, help="start as warm spare number N")
     parser.add_argument("--data", required=True, help="gateway data ROUTER address")

@@ -1,4 +1,4 @@
-"""OpenAI's API: chat completions, text completions and the model list, in OpenAI's shapes."""
+"""OpenAI's API: chat completions, text completions, embeddings and the model list, in OpenAI's shapes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from starlette.routing import Route
 from opta_lmx.gateway.endpoints import guarded, openai_error
 from opta_lmx.gateway.openai.chat import chat_completions
 from opta_lmx.gateway.openai.completions import CompletionRequest, completions
+from opta_lmx.gateway.openai.embeddings import EmbeddingRequest, embeddings
 from opta_lmx.gateway.openai.models import list_models
 from opta_lmx.gateway.openai.requests import ChatCompletionRequest
 
@@ -16,6 +17,7 @@ def routes() -> list[Route]:
     endpoints = [
         ("/chat/completions", chat_completions, "POST", ChatCompletionRequest),
         ("/completions", completions, "POST", CompletionRequest),
+        ("/embeddings", embeddings, "POST", EmbeddingRequest),
         ("/models", list_models, "GET", None),
     ]
     return [

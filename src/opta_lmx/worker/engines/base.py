@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from opta_lmx.proto import FromWorker, Generate, MemoryReading
+from opta_lmx.proto import Embed, FromWorker, Generate, MemoryReading
+
+
+class Refused(Exception):
+    """This engine cannot serve that kind of request (text generation from an embedding model):
+    the client's mistake, answered with a 400 carrying this message."""
 
 
 class Engine(Protocol):
@@ -56,3 +61,16 @@ class Engine(Protocol):
     def trim(self) -> None:
         """Release cached memory that no request needs."""
         ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """An engine that also answers ``Embed``: vectors, or relevance scores for a query.
+
+    ``embed`` answers at once with ``Failed`` (bad input) or nothing; the ``Embeddings`` reply
+    comes from a later ``step``. Until then the request counts in ``active``, and ``cancel`` and
+    ``abort_all`` end it as they end a generation. Engines without ``embed`` make no embeddings:
+    the worker loop refuses an ``Embed`` for them.
+    """
+
+    def embed(self, request: Embed) -> list[FromWorker]: ...

@@ -1,0 +1,208 @@
+"""Embeddings and rerank through a real server: all-MiniLM-L6-v2 through the ``openai`` SDK, a
+random-weight cross-encoder for the scoring mechanics, the tiny chat model for the refusals."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.conftest import Server, kill_tree
+from tests.support.bert import build_bert
+
+CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, minilm_model: Path, tiny_model: Path) -> Iterator[Server]:
+    cross = build_bert(tmp_path_factory.mktemp("bert") / "cross", minilm_model, cross_encoder=True)
+    config = (
+        f'[[models]]\nname = "minilm"\npath = "{minilm_model}"\naliases = ["text-embedding-3-small"]\n'
+        f'[[models]]\nname = "cross"\npath = "{cross}"\n'
+        f'[[models]]\nname = "tiny"\npath = "{tiny_model}"\n'
+    )
+    srv = Server(tmp_path_factory.mktemp("embed-server"), config).start()
+    try:
+        srv.wait_models()
+        yield srv
+    finally:
+        pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
+        srv.stop()
+        for pid in pids:
+            kill_tree(pid)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=300) as sdk:
+        yield sdk
+
+
+def rows(reply: openai.types.CreateEmbeddingResponse) -> np.ndarray:
+    assert [d.index for d in reply.data] == list(range(len(reply.data)))
+    return np.array([d.embedding for d in reply.data])
+
+
+def test_a_cat_is_closer_to_a_kitten_than_to_stock_markets(client: openai.OpenAI) -> None:
+    reply = client.embeddings.create(model="minilm", input=[CAT, KITTEN, STOCKS], encoding_format="float")
+    vectors = rows(reply)
+    assert vectors.shape == (3, 384) and reply.model == "minilm"
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    close, far = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert close > 0.5 and far < 0.2 and close - far > 0.4, (close, far)
+    assert reply.usage.prompt_tokens == reply.usage.total_tokens == 23
+
+
+def test_float_and_base64_agree(client: openai.OpenAI) -> None:
+    floats = rows(client.embeddings.create(model="minilm", input=[CAT, KITTEN], encoding_format="float"))
+    # Without encoding_format the SDK asks for base64 and decodes it itself; by the alias too.
+    decoded = rows(client.embeddings.create(model="text-embedding-3-small", input=[CAT, KITTEN]))
+    np.testing.assert_array_equal(decoded, floats)
+    raw = client.embeddings.create(model="minilm", input=[CAT, KITTEN], encoding_format="base64")
+    as_bytes = np.stack([np.frombuffer(base64.b64decode(d.embedding), "<f4") for d in raw.data])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(as_bytes, floats)
+
+
+def test_a_batch_gives_each_text_its_vector_alone(client: openai.OpenAI) -> None:
+    texts = [CAT, "Short.", STOCKS]
+    batch = rows(client.embeddings.create(model="minilm", input=texts, encoding_format="float"))
+    alone = np.concatenate([rows(client.embeddings.create(model="minilm", input=t, encoding_format="float")) for t in texts])
+    np.testing.assert_allclose(batch, alone, atol=1e-5)
+
+
+def test_32_concurrent_requests_all_succeed_with_their_own_vectors(client: openai.OpenAI) -> None:
+    texts = [f"item {i}" for i in range(32)]
+
+    def one(text: str) -> np.ndarray:
+        return rows(client.embeddings.create(model="minilm", input=text, encoding_format="float"))[0]
+
+    with ThreadPoolExecutor(32) as pool:
+        concurrent = np.stack(list(pool.map(one, texts)))
+    together = rows(client.embeddings.create(model="minilm", input=texts, encoding_format="float"))
+    np.testing.assert_allclose(concurrent, together, atol=1e-5)
+    assert len({v.tobytes() for v in together}) == 32
+
+
+def test_token_ids_and_truncation(client: openai.OpenAI) -> None:
+    ids = [101, 1037, 4937, 7719, 2006, 1996, 13523, 102]  # "A cat sits on the mat" with [CLS] and [SEP]
+    by_ids = rows(client.embeddings.create(model="minilm", input=[ids], encoding_format="float"))
+    by_text = rows(client.embeddings.create(model="minilm", input=CAT, encoding_format="float"))
+    np.testing.assert_allclose(by_ids, by_text, atol=1e-5)
+    long = "cat " * 300
+    with pytest.raises(openai.BadRequestError, match="Input 1 has 302 tokens") as info:
+        client.embeddings.create(model="minilm", input=[CAT, long])
+    assert info.value.code == "context_length_exceeded"
+    cut = client.embeddings.create(model="minilm", input=[long], extra_body={"truncate": True})
+    assert cut.usage.prompt_tokens == 256
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param", "message"),
+    [
+        ({"input": ""}, "invalid_request", "input", "empty string"),
+        ({"input": []}, "invalid_request", "input", "must not be empty"),
+        ({"input": ["a", 1]}, "invalid_request", "input", "list of strings"),
+        ({"input": "a", "encoding_format": "int8"}, "invalid_request", "encoding_format", "encoding_format"),
+        ({"input": "a", "dimensions": 0}, "invalid_request", "dimensions", "dimensions"),
+        ({"input": "a", "dimensions": 64}, "unsupported_parameter", None, "Matryoshka"),
+        ({"input": "a", "pooling": "cls"}, "unsupported_parameter", "pooling", "pooling"),
+        ({"input": "a", "model": "nope"}, "model_not_found", "model", "nope"),
+    ],
+)
+def test_bad_embedding_requests_get_a_400_naming_the_problem(
+    server: Server, body: dict, code: str, param: str | None, message: str
+) -> None:
+    response = httpx.post(f"{server.base_url}/v1/embeddings", json={"model": "minilm", **body}, timeout=60)
+    error = response.json()["error"]
+    assert response.status_code == (404 if code == "model_not_found" else 400), error
+    assert (error["code"], error["param"]) == (code, param) and message in error["message"]
+
+
+def test_the_wrong_kind_of_model_is_a_400(client: openai.OpenAI, server: Server) -> None:
+    with pytest.raises(openai.BadRequestError, match="generates text; it makes no embeddings"):
+        client.embeddings.create(model="tiny", input=CAT)
+    with pytest.raises(openai.BadRequestError, match="cross-encoder"):
+        client.embeddings.create(model="cross", input=CAT)
+    with pytest.raises(openai.BadRequestError, match="is an embedding model; it does not generate text"):
+        client.chat.completions.create(model="minilm", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="does not generate text"):
+        client.completions.create(model="minilm", prompt="hi", stream=True)
+    messages = {"model": "minilm", "messages": [{"role": "user", "content": "hi"}]}
+    for path, extra in (("/v1/messages", {"max_tokens": 4}), ("/v1/messages/count_tokens", {})):  # Anthropic's shape
+        answer = httpx.post(f"{server.base_url}{path}", json={**messages, **extra}, timeout=60)
+        assert answer.status_code == 400 and "does not generate text" in answer.json()["error"]["message"]
+    rerank = httpx.post(f"{server.base_url}/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]}, timeout=60)
+    assert rerank.status_code == 400 and "scores no documents" in rerank.json()["error"]["message"]
+
+
+def test_rerank_by_cosine_puts_the_kitten_first(server: Server) -> None:
+    documents = [STOCKS, {"text": KITTEN}, "The weather is cold."]
+    body = {"model": "minilm", "query": CAT, "documents": documents}
+    reply = httpx.post(f"{server.base_url}/v1/rerank", json=body, timeout=60).json()
+    assert reply["method"] == "cosine" and reply["model"] == "minilm"
+    results = reply["results"]
+    assert results[0]["index"] == 1 and results[0]["document"] == {"text": KITTEN}
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and sorted(r["index"] for r in results) == [0, 1, 2]
+    assert scores[0] > 0.5 and scores[0] - scores[-1] > 0.4
+    top = httpx.post(f"{server.base_url}/rerank", json={**body, "top_n": 1, "return_documents": False}, timeout=60).json()
+    assert top["results"] == [{"index": 1, "relevance_score": results[0]["relevance_score"]}]
+    assert top["usage"]["prompt_tokens"] == reply["usage"]["prompt_tokens"] > 0
+
+
+def test_rerank_with_a_cross_encoder_scores_pairs(server: Server) -> None:
+    body = {"model": "cross", "query": CAT, "documents": [KITTEN, STOCKS, "Short."]}
+    reply = httpx.post(f"{server.base_url}/v1/rerank", json=body, timeout=60).json()
+    assert reply["method"] == "cross_encoder"
+    scores = [r["relevance_score"] for r in reply["results"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    alone = httpx.post(f"{server.base_url}/v1/rerank", json={**body, "documents": [STOCKS]}, timeout=60).json()
+    by_index = {r["index"]: r["relevance_score"] for r in reply["results"]}
+    assert alone["results"][0]["relevance_score"] == pytest.approx(by_index[1], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"query": CAT, "documents": []}, "documents"),
+        ({"query": "", "documents": ["d"]}, "query"),
+        ({"documents": ["d"]}, "query"),
+        ({"query": CAT, "documents": [{"title": "d"}]}, "documents[0].title"),
+        ({"query": CAT, "documents": ["d"], "top_n": 0}, "top_n"),
+        ({"query": CAT, "documents": ["d"], "rank_fields": ["x"]}, "rank_fields"),
+    ],
+)
+def test_bad_rerank_requests_get_a_400_naming_the_field(server: Server, body: dict, param: str) -> None:
+    response = httpx.post(f"{server.base_url}/v1/rerank", json={"model": "minilm", **body}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
+def test_the_embedding_worker_survives_a_kill_9(make_server, minilm_model: Path) -> None:
+    server: Server = make_server(
+        f'[supervisor]\nbackoff_initial = 0.2\n[[models]]\nname = "minilm"\npath = "{minilm_model}"\n'
+        'engine = "tests.support.engines:SlowEmbeddingEngine"\n[models.options]\nbatch_size = 1\n'
+    )
+    server.wait_models()
+    gateway_pid, worker_pid = server.gateway_pid(), server.worker_pid("minilm")
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=120)
+    with ThreadPoolExecutor(1) as pool:
+        # Eight inputs, one a step, each step slowed down: in flight for seconds.
+        pending = pool.submit(client.embeddings.create, model="minilm", input=["a cat"] * 8)
+        server.wait_in_flight("minilm", 1)
+        os.kill(worker_pid, signal.SIGKILL)
+        with pytest.raises(openai.InternalServerError) as info:
+            pending.result(timeout=60)
+    assert info.value.status_code == 503 and info.value.code == "worker_crashed"
+    server.wait_new_worker("minilm", worker_pid)
+    reply = client.embeddings.create(model="minilm", input=CAT, encoding_format="float")
+    assert len(reply.data[0].embedding) == 384
+    assert server.gateway_pid() == gateway_pid
+    client.close()
