@@ -11,12 +11,20 @@ This package imports only msgspec.
 """
 
 from opta_lmx.proto.control import (
+    RESTART_CAUSES,
+    STOP_CAUSES,
+    AdmissionEstimate,
     CommandResult,
     ControlReply,
     ControlRequest,
     EnsureLoaded,
+    GetMemory,
+    GetModels,
     GetStatus,
     KeepAlive,
+    MemoryReply,
+    ModelInfo,
+    ModelsReply,
     ModelStatus,
     Reload,
     Restart,
@@ -27,6 +35,7 @@ from opta_lmx.proto.control import (
     Stop,
     Tail,
     TailReply,
+    WorkerMemory,
 )
 from opta_lmx.proto.data import (
     Cancel,
@@ -61,7 +70,10 @@ from opta_lmx.proto.lifecycle import (
 
 __all__ = [
     "PROTO_VERSION",
+    "RESTART_CAUSES",
     "SPARE_IDENTITY_PREFIX",
+    "STOP_CAUSES",
+    "AdmissionEstimate",
     "Cancel",
     "ChatMessage",
     "CommandResult",
@@ -72,13 +84,18 @@ __all__ = [
     "Finished",
     "FromWorker",
     "Generate",
+    "GetMemory",
+    "GetModels",
     "GetStatus",
     "Heartbeat",
     "KeepAlive",
     "Load",
     "LoadFailed",
     "MemoryReading",
+    "MemoryReply",
+    "ModelInfo",
     "ModelStatus",
+    "ModelsReply",
     "Ready",
     "Reload",
     "Restart",
@@ -101,5 +118,6 @@ __all__ = [
     "ToWorker",
     "Trim",
     "WorkerCommand",
+    "WorkerMemory",
     "WorkerReport",
 ]
