@@ -1,4 +1,4 @@
-"""``lmxctl``: control a running Opta-LMX over the supervisor's control socket (supervisorctl-style).
+"""``lmxctl``: control a running Opta-LMX (supervisorctl-style), on this machine or over HTTP.
 
     lmxctl status [-v] [NAME]    one line per model; exit 0 all RUNNING, 3 some not, 4 unknown NAME
     lmxctl models [NAME]         configured models: state, engine, memory estimate, path, settings
@@ -7,14 +7,19 @@
     lmxctl kill NAME [SIGNAL]    signal the worker's process group (default KILL; it is restarted)
     lmxctl tail [-f] NAME        the worker's log
     lmxctl reload                re-read the config: add, remove, replace changed models
-    lmxctl shutdown              stop the whole service
+    lmxctl shutdown              stop the whole service (on this machine only)
 
-Exit 1 with a message (no traceback) when no supervisor is running; 2 when a command fails.
+By default lmxctl talks to the supervisor's control socket (found in the data directory). With
+``--url http://HOST:PORT`` (or ``$LMX_URL``) it uses that server's admin API instead, sending
+``--key`` (or ``$LMX_ADMIN_KEY``) as the admin key; the output is the same.
+
+Exit 1 with a message (no traceback) when no server answers; 2 when a command fails or is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +28,7 @@ from typing import Protocol
 from opta_lmx.config import default_data_dir
 from opta_lmx.ctl import render
 from opta_lmx.ctl.local import Client, NotRunning
+from opta_lmx.ctl.remote import HttpClient, Refused, Unsupported
 from opta_lmx.proto import (
     CommandResult,
     ControlReply,
@@ -53,7 +59,7 @@ _FOLLOW_INTERVAL = 0.5
 
 
 class Control(Protocol):
-    """A client of the supervisor's control commands."""
+    """The local socket's client or the admin API's: the same messages, the same replies."""
 
     def call(self, message: ControlRequest, timeout_ms: int = ...) -> ControlReply: ...
 
@@ -117,7 +123,11 @@ def _tail(client: Control, name: str, follow: bool) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmxctl", description="control a running Opta-LMX")
-    parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
+    parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory (local control)")
+    parser.add_argument(
+        "--url", default=None, help="a server's base URL, e.g. http://host:1234: use its admin API ($LMX_URL)"
+    )
+    parser.add_argument("--key", default=None, help="the server's admin key, with --url ($LMX_ADMIN_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="state of every model (or one)")
     status.add_argument(
@@ -167,6 +177,9 @@ def _run(client: Control, args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> Control:
+    url = args.url or os.environ.get("LMX_URL")
+    if url:
+        return HttpClient(url, args.key or os.environ.get("LMX_ADMIN_KEY"))
     return Client(args.data_dir or default_data_dir())
 
 
@@ -182,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotRunning as exc:
         print(f"lmxctl: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    except (Refused, Unsupported) as exc:
+        print(f"lmxctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     finally:

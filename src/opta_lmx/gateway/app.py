@@ -12,9 +12,11 @@ from starlette.routing import Route
 
 from opta_lmx.config import ServerConfig
 from opta_lmx.errors import InvalidRequest
-from opta_lmx.gateway import anthropic, ollama, openai
+from opta_lmx.gateway import admin, anthropic, ollama, openai
 from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.limits import BodyLimit
+from opta_lmx.gateway.metrics.registry import GatewayMetrics
+from opta_lmx.gateway.metrics.requests import RequestMetrics
 from opta_lmx.gateway.state import GatewayState
 
 
@@ -41,18 +43,25 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def _middleware(server: ServerConfig) -> list[Middleware]:
+def _middleware(server: ServerConfig, metrics: GatewayMetrics) -> list[Middleware]:
     stack = [Middleware(BodyLimit, limit=server.max_body_bytes)]
     if server.cors_origins:  # answers the browsers' preflights; origins not listed get no headers
         stack.insert(0, Middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["*"], allow_headers=["*"]))
+    stack.insert(0, Middleware(RequestMetrics, metrics=metrics))  # outermost: sees every answer
     return stack
 
 
 def create_app(state: GatewayState) -> Starlette:
-    routes = [*openai.routes(), *anthropic.routes(), *ollama.routes(), Route("/health", health, methods=["GET"])]
+    routes = [
+        *openai.routes(),
+        *anthropic.routes(),
+        *ollama.routes(),
+        *admin.routes(),
+        Route("/health", health, methods=["GET"]),
+    ]
     app = Starlette(
         routes=routes,
-        middleware=_middleware(state.config.server),
+        middleware=_middleware(state.config.server, state.metrics),
         exception_handlers={HTTPException: _on_http_error},
     )
     app.state.gateway = state
