@@ -16,7 +16,10 @@
           │    ├── Unauthorized            401 invalid_api_key (no key, or a wrong one)
           │    ├── Forbidden               403 forbidden (a host or web origin not allowed; /admin off loopback)
           │    ├── ModelNotFound           404 model_not_found
-          │    └── RequestTooLarge         413 request_too_large (the body, refused before it is read)
+          │    ├── StateConflict           409 already_started / not_running (an admin command on a model
+          │    │                               already in the state it asks for)
+          │    ├── RequestTooLarge         413 request_too_large (the body, refused before it is read)
+          │    └── ConfigRefused           422 invalid_config (a reload found the config file invalid)
           ├── EndpointNotImplemented  501 an API route this server does not implement (yet)
           └── ServiceError            the server cannot serve it now; the same request may succeed later
                ├── QueueFull               429 the model's queue is full (Retry-After)
@@ -128,9 +131,25 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class StateConflict(RequestError):
+    """The code says which state (``already_started``, ``not_running``): set per instance."""
+
+    status = 409
+    code = "conflict"
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class RequestTooLarge(RequestError):
     status = 413
     code = "request_too_large"
+
+
+class ConfigRefused(RequestError):
+    status = 422
+    code = "invalid_config"
 
 
 class EndpointNotImplemented(ApiError):

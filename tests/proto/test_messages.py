@@ -6,6 +6,7 @@ import pytest
 from opta_lmx import proto
 from opta_lmx.proto import (
     PROTO_VERSION,
+    AdmissionEstimate,
     Cancel,
     ChatMessage,
     CommandResult,
@@ -19,11 +20,16 @@ from opta_lmx.proto import (
     Finished,
     FromWorker,
     Generate,
+    GetMemory,
+    GetModels,
     GetStatus,
     Heartbeat,
     Load,
     LoadFailed,
     MemoryReading,
+    MemoryReply,
+    ModelInfo,
+    ModelsReply,
     ModelStatus,
     Ready,
     Reload,
@@ -48,12 +54,24 @@ from opta_lmx.proto import (
     ToWorker,
     Trim,
     WorkerCommand,
+    WorkerMemory,
     WorkerReport,
 )
 
 MEMORY = MemoryReading(rss=10, uss=9, mlx_active=8, mlx_cache=7, mlx_peak=6)
 STATUS = ModelStatus(
     name="m", state="RUNNING", seq=3, generation=2, pid=42, identity="m#2", ctx_len=2048, keep_alive=300.0, last_used=1.5e9
+)
+RESTARTED = ModelStatus(
+    name="m", state="BACKOFF", seq=9, restarts={"crash": 2, "hung": 1}, stops={"evicted": 1},
+    last_exit_cause="crash", last_exit="exited unexpectedly (killed by SIGKILL)", last_exit_at=1.5e9,
+    queued=3, evicted=["a", "b"], evict_seconds=0.5,
+)
+INFO = ModelInfo("m", "/models/m", "auto", ["alias"], False, True, 32, 288, 1 << 30, STATUS)
+MEMORY_REPLY = MemoryReply(
+    16 << 30, 2 << 30, 13 << 30, 15 << 30, 0,
+    [WorkerMemory("m", "RUNNING", 42, 2 << 30, 1 << 30, 2 << 30, 1 << 30, 3 << 29, 7, 8, 9, True, False)],
+    AdmissionEstimate("n", False, 1 << 30, 14 << 30, True, ["m"]),
 )
 
 CASES = [
@@ -104,6 +122,14 @@ CASES = [
     (ControlRequest, Reload()),
     (ControlRequest, ShutdownServer()),
     (ControlRequest, Rescan()),
+    (ControlRequest, GetModels()),
+    (ControlRequest, GetModels("m")),
+    (ControlRequest, GetMemory()),
+    (ControlRequest, GetMemory("m")),
+    (ControlReply, ModelsReply([INFO])),
+    (ControlReply, MemoryReply(1, 0, 1, 1, 2, [])),
+    (ControlReply, MEMORY_REPLY),
+    (ModelStatus, RESTARTED),
     (ControlReply, StatusReply([STATUS])),
     (ControlReply, CommandResult(False, "nope", "insufficient_memory")),
     (ControlReply, TailReply("log text", 1234)),
@@ -137,6 +163,12 @@ def test_finished_from_an_older_worker_decodes_with_no_cached_tokens() -> None:
     # Appended fields keep the wire compatible: a message without them takes the default.
     old = msgspec.msgpack.encode(["f", 7, "length", 12, 5])
     assert msgspec.msgpack.Decoder(FromWorker).decode(old) == Finished(7, "length", 12, 5, 0)
+
+
+def test_status_from_an_older_supervisor_decodes_with_no_counts() -> None:
+    old = msgspec.msgpack.encode({"type": "model_status", "name": "m", "state": "RUNNING", "seq": 1})
+    status = msgspec.msgpack.Decoder(ModelStatus).decode(old)
+    assert status.restarts == {} and status.last_exit_cause == "" and status.evicted == []
 
 
 def test_unknown_tag_is_a_decode_error_not_a_crash() -> None:

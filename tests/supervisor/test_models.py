@@ -189,6 +189,7 @@ def test_crash_loop_goes_fatal_and_lmxctl_start_clears_it(make_server, tiny_mode
     status = ctl(server, "status", "flaky")
     assert status.returncode == 3
     assert "load failed" in status.stdout and "gave up" in status.stdout
+    assert "restarted (load_failed) 2" in ctl(server, "status", "-v", "flaky").stdout  # the third failure: FATAL
     shutil.copytree(tiny_model, missing)
     started = ctl(server, "start", "flaky")
     assert started.returncode == 0, started.stdout + started.stderr
@@ -206,6 +207,8 @@ def test_hung_worker_is_killed_and_restarted(make_server, tiny_model: Path) -> N
         client_for(server).chat.completions.create(model="stuck", messages=MESSAGES, max_tokens=50)
     server.wait_models()
     assert "hung: 1 requests and no progress" in server.log()
+    verbose = ctl(server, "status", "-v", "stuck").stdout
+    assert "restarted (hung) 1" in verbose and "last exit (hung" in verbose
 
 
 def test_a_long_prefill_is_progress_not_a_hang(make_server, tiny_model: Path) -> None:
@@ -302,6 +305,7 @@ def test_silent_worker_is_killed_after_missed_heartbeats(make_server, tiny_model
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
     server.wait_new_worker("m", frozen)  # the kill and the restart follow the log line
+    assert "restarted (unresponsive) 1" in ctl(server, "status", "-v", "m").stdout
 
 
 def test_memory_over_the_hard_limit_evicts_the_lru_idle_worker(make_server, tiny_model: Path) -> None:
@@ -322,6 +326,7 @@ def test_memory_over_the_hard_limit_evicts_the_lru_idle_worker(make_server, tiny
             break
         time.sleep(0.2)
     assert "evicted: memory" in ctl(server, "status").stdout, (states, server.log())
+    assert "last exit (evicted" in ctl(server, "status", "-v").stdout
 
 
 def test_jit_load_takes_the_warm_spare_and_reports_the_time_split(make_server, tiny_model: Path) -> None:

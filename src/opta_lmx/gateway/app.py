@@ -12,10 +12,12 @@ from starlette.routing import Route
 
 from opta_lmx.config import ServerConfig
 from opta_lmx.errors import InvalidRequest
-from opta_lmx.gateway import anthropic, ollama, openai, rerank, responses
+from opta_lmx.gateway import admin, anthropic, ollama, openai, rerank, responses
 from opta_lmx.gateway.anthropic.errors import error_response as anthropic_error
 from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.limits import BodyLimit
+from opta_lmx.gateway.metrics.registry import GatewayMetrics
+from opta_lmx.gateway.metrics.requests import RequestMetrics
 from opta_lmx.gateway.openapi import openapi_json
 from opta_lmx.gateway.state import GatewayState
 
@@ -48,10 +50,11 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def _middleware(server: ServerConfig) -> list[Middleware]:
+def _middleware(server: ServerConfig, metrics: GatewayMetrics) -> list[Middleware]:
     stack = [Middleware(BodyLimit, limit=server.max_body_bytes)]
     if server.cors_origins:  # answers the browsers' preflights; origins not listed get no headers
         stack.insert(0, Middleware(CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["*"], allow_headers=["*"]))
+    stack.insert(0, Middleware(RequestMetrics, metrics=metrics))  # outermost: sees every answer
     return stack
 
 
@@ -62,12 +65,13 @@ def create_app(state: GatewayState) -> Starlette:
         *ollama.routes(),
         *responses.routes(),
         *rerank.routes(),
+        *admin.routes(),
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
-        middleware=_middleware(state.config.server),
+        middleware=_middleware(state.config.server, state.metrics),
         exception_handlers={HTTPException: _on_http_error},
     )
     app.state.gateway = state

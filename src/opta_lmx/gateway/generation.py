@@ -9,6 +9,7 @@ batches them.
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from opta_lmx.errors import ApiError, GenerationTimeout, QueueFull, failure_to_error
 from opta_lmx.gateway.link import Pending
+from opta_lmx.gateway.metrics.requests import note_error, note_jobs, note_pendings
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Failed, Finished, FromWorker, Started, TokenChunk, TokenLogprobs, ToolCall
 
@@ -68,9 +70,12 @@ def admit(state: GatewayState, jobs: list[Job]) -> None:
 
 async def prepare_all(state: GatewayState, jobs: list[Job]) -> list[Pending]:
     """Every choice accepted, or none: the ones already sent are cancelled on a failure."""
+    note_jobs(jobs[0].model, bool(jobs[0].fields.get("count_only")))
     admit(state, jobs)
     if len(jobs) == 1:
-        return [await prepare(state, jobs[0])]
+        pendings = [await prepare(state, jobs[0])]
+        note_pendings(pendings)
+        return pendings
     results = await asyncio.gather(*(prepare(state, job) for job in jobs), return_exceptions=True)
     failure = next((r for r in results if isinstance(r, BaseException)), None)
     if failure is not None:
@@ -78,6 +83,7 @@ async def prepare_all(state: GatewayState, jobs: list[Job]) -> list[Pending]:
             if isinstance(result, Pending):
                 state.link.cancel(result)
         raise failure
+    note_pendings(results)  # type: ignore[arg-type]
     return list(results)  # type: ignore[arg-type]
 
 
@@ -106,6 +112,10 @@ async def next_message(state: GatewayState, pending: Pending, keepalive: float |
         raise message
     if isinstance(message, Failed):
         raise failure_to_error(message.code, message.message)
+    if not pending.first_at and type(message) is TokenChunk:  # for the metrics
+        pending.first_at = time.monotonic()
+    elif type(message) is Finished:
+        pending.finished, pending.ended_at = message, time.monotonic()
     return message
 
 
@@ -128,6 +138,9 @@ async def merged(state: GatewayState, pendings: list[Pending], keepalive: float 
                         return
         async for item in _interleave(state, pendings, keepalive):
             yield item
+    except ApiError as error:
+        note_error(error)
+        raise
     finally:
         for pending in pendings:
             state.link.cancel(pending)
@@ -259,6 +272,7 @@ async def after_load(state: GatewayState, jobs: list[Job], stream: Lines, form: 
             yield form.keepalive
         pendings = preparing.result()
     except ApiError as error:
+        note_error(error)
         yield form.error_line(error)
         return
     finally:

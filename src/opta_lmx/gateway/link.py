@@ -115,7 +115,7 @@ def merge_chunks(first: TokenChunk, items: deque[FromWorker | ApiError]) -> Toke
 class Pending:
     """One in-flight request: what the worker sends for it, or the error that ended it."""
 
-    __slots__ = ("request_id", "identity", "model", "queue", "silent_since", "started")
+    __slots__ = ("request_id", "identity", "model", "queue", "silent_since", "started", "first_at", "finished", "ended_at")
 
     def __init__(self, request_id: int, identity: bytes) -> None:
         self.request_id = request_id
@@ -126,6 +126,10 @@ class Pending:
         # from there, across the keep-alive lines).
         self.silent_since: float | None = None
         self.started: Started | None = None  # the worker's acceptance: prompt and cached tokens
+        # For the metrics: when its first token and its Finished were read (monotonic seconds).
+        self.first_at = 0.0
+        self.finished: Finished | None = None
+        self.ended_at = 0.0
 
 
 class WorkerLink:

@@ -52,6 +52,7 @@ class ModelTable:
         self._seen_seq = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[ModelStatus], None]] = []
 
     async def start(self) -> None:
         sub = self._context.socket(zmq.SUB)
@@ -68,6 +69,23 @@ class ModelTable:
 
     def get(self, name: str) -> ModelStatus | None:
         return self._statuses.get(name)
+
+    def statuses(self) -> list[ModelStatus]:
+        """Every model's status as of its last event."""
+        return list(self._statuses.values())
+
+    def listen(self, listener: Callable[[ModelStatus], None]) -> None:
+        """Call ``listener`` with every status that changes what the table holds (newer than
+        the one it had; ``removed`` ones too), from the snapshot and the events alike."""
+        self._listeners.append(listener)
+
+    async def command(self, request: ControlRequest, timeout: float = _CONTROL_TIMEOUT) -> ControlReply:
+        """The supervisor's reply to one control command; ``WorkerUnavailable`` if none comes
+        within ``timeout`` seconds."""
+        reply = await self._control(request, timeout)
+        if reply is None:
+            raise WorkerUnavailable("The supervisor did not answer; retry shortly.")
+        return reply
 
     async def ready(self, name: str, ready_wait: float, load_timeout: float) -> ModelStatus:
         """The RUNNING status of ``name``, loading it first if it is not loaded.
@@ -176,6 +194,11 @@ class ModelTable:
             self._statuses.pop(status.name, None)
         else:
             self._statuses[status.name] = status
+        for listener in self._listeners:
+            try:
+                listener(status)
+            except Exception:  # a listener's bug must not stop the table following events
+                log.exception("status listener failed")
         if old is not None and old.identity and old.identity != status.identity:
             self._link.fail_identity(
                 old.identity,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
 import zmq.asyncio
@@ -10,7 +11,9 @@ import zmq.asyncio
 from opta_lmx.config import Config
 from opta_lmx.errors import ServerShuttingDown
 from opta_lmx.gateway.link import WorkerLink
+from opta_lmx.gateway.metrics.registry import GatewayMetrics
 from opta_lmx.gateway.models import ModelTable
+from opta_lmx.gateway.status_feed import StatusFeed
 from opta_lmx.runtime import Runtime
 
 log = logging.getLogger("opta_lmx.gateway")
@@ -26,6 +29,12 @@ class GatewayState:
             self.context, runtime.events_address, runtime.control_address, self.link, self._reread_config
         )
         self.shutting_down = False
+        self.started_at = time.time()
+        # Both follow the model table: /admin/events' subscribers, and the load histograms.
+        self.feed = StatusFeed()
+        self.metrics = GatewayMetrics()
+        self.models.listen(self.feed.publish)
+        self.models.listen(self.metrics.on_status)
 
     def _reread_config(self, version: int) -> None:
         """The supervisor reloaded its config: take the new models, aliases and presets."""
@@ -39,6 +48,7 @@ class GatewayState:
     def begin_shutdown(self) -> None:
         """End every open request now with a terminal ``server_shutdown`` error."""
         self.shutting_down = True
+        self.feed.close()
         self.link.fail_all(ServerShuttingDown("The server is shutting down; retry shortly."))
 
     def close(self) -> None:

@@ -12,12 +12,20 @@ This package imports only msgspec.
 """
 
 from opta_lmx.proto.control import (
+    RESTART_CAUSES,
+    STOP_CAUSES,
+    AdmissionEstimate,
     CommandResult,
     ControlReply,
     ControlRequest,
     EnsureLoaded,
+    GetMemory,
+    GetModels,
     GetStatus,
     KeepAlive,
+    MemoryReply,
+    ModelInfo,
+    ModelsReply,
     ModelStatus,
     Reload,
     Rescan,
@@ -29,6 +37,7 @@ from opta_lmx.proto.control import (
     Stop,
     Tail,
     TailReply,
+    WorkerMemory,
 )
 from opta_lmx.proto.data import (
     Cancel,
@@ -65,7 +74,10 @@ from opta_lmx.proto.lifecycle import (
 
 __all__ = [
     "PROTO_VERSION",
+    "RESTART_CAUSES",
     "SPARE_IDENTITY_PREFIX",
+    "STOP_CAUSES",
+    "AdmissionEstimate",
     "Cancel",
     "ChatMessage",
     "CommandResult",
@@ -78,13 +90,18 @@ __all__ = [
     "Finished",
     "FromWorker",
     "Generate",
+    "GetMemory",
+    "GetModels",
     "GetStatus",
     "Heartbeat",
     "KeepAlive",
     "Load",
     "LoadFailed",
     "MemoryReading",
+    "MemoryReply",
+    "ModelInfo",
     "ModelStatus",
+    "ModelsReply",
     "Ready",
     "Reload",
     "Rescan",
@@ -108,5 +125,6 @@ __all__ = [
     "ToWorker",
     "Trim",
     "WorkerCommand",
+    "WorkerMemory",
     "WorkerReport",
 ]

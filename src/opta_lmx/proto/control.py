@@ -43,6 +43,34 @@ class ModelStatus(msgspec.Struct, tag="model_status", frozen=True):
     # of its last activity, so ``last_used + keep_alive`` is when an idle model goes.
     keep_alive: float = -1.0
     last_used: float = 0.0
+    # Unplanned exits the supervisor answered with a restart, by cause (``RESTART_CAUSES``), and
+    # planned stops by cause (``STOP_CAUSES``): counts since the supervisor started.
+    restarts: dict[str, int] = {}
+    stops: dict[str, int] = {}
+    # The last time the model's worker ended: its cause (one of the above, or "shutdown"), in
+    # words (exit status, signal, log tail), and when (wall-clock seconds).
+    last_exit_cause: str = ""
+    last_exit: str = ""
+    last_exit_at: float = 0.0
+    # Requests the worker holds beyond its batch_size, waiting for a slot (last heartbeat).
+    queued: int = 0
+    # The models this start evicted to make room, and the seconds that took (their drains)
+    # before the spawn began: a swap. Empty for a start that evicted nothing.
+    evicted: list[str] = []
+    evict_seconds: float = 0.0
+
+
+# Why a worker ended without being asked to (restarted unless it fails too often):
+# crash        it exited or was killed by someone else (exit status, signal, OOM killer)
+# load_failed  it never became ready (load error, exit while loading, load_timeout)
+# hung         busy without progress for hang_timeout; killed by the supervisor
+# unresponsive no heartbeat for heartbeat_misses intervals; killed by the supervisor
+# memory       over the hard memory limit with nothing idle to evict; killed by the supervisor
+# signal       an operator signalled it (``lmxctl kill``)
+RESTART_CAUSES = ("crash", "load_failed", "hung", "unresponsive", "memory", "signal")
+# Why a worker was stopped on purpose (never restarted): an operator's stop or restart, an
+# eviction (room for another model, or the hard memory limit), keep_alive, a config reload.
+STOP_CAUSES = ("operator", "evicted", "idle", "reload")
 
 
 class GetStatus(msgspec.Struct, tag="status", frozen=True):
@@ -100,8 +128,32 @@ class Rescan(msgspec.Struct, tag="rescan", frozen=True):
     """Look for models on disk again (after a pull or a delete): new ones are served, gone ones dropped."""
 
 
+class GetModels(msgspec.Struct, tag="models", frozen=True):
+    """Every configured model (or ``name``) with its settings and live status."""
+
+    name: str | None = None
+
+
+class GetMemory(msgspec.Struct, tag="memory", frozen=True):
+    """The budget, what each worker uses, and, with ``model``, what loading it would take."""
+
+    model: str | None = None
+
+
 ControlRequest = (
-    GetStatus | EnsureLoaded | KeepAlive | Start | Stop | Restart | Signal | Tail | Reload | ShutdownServer | Rescan
+    GetStatus
+    | EnsureLoaded
+    | KeepAlive
+    | Start
+    | Stop
+    | Restart
+    | Signal
+    | Tail
+    | Reload
+    | ShutdownServer
+    | GetModels
+    | GetMemory
+    | Rescan
 )
 
 
@@ -127,4 +179,73 @@ class TailReply(msgspec.Struct, tag="tail_reply", frozen=True):
     offset: int
 
 
-ControlReply = StatusReply | CommandResult | TailReply
+class ModelInfo(msgspec.Struct, frozen=True):
+    """A configured model: its settings, the admission estimate of its memory need (bytes), the
+    requests it may hold (``batch_size`` decoding plus the queue behind them), and its status."""
+
+    name: str
+    path: str
+    engine: str
+    aliases: list[str]
+    pinned: bool
+    load_on_start: bool
+    batch_size: int
+    request_limit: int
+    estimate: int
+    status: ModelStatus
+
+
+class ModelsReply(msgspec.Struct, tag="models_reply", frozen=True):
+    models: list[ModelInfo]
+
+
+class WorkerMemory(msgspec.Struct, frozen=True):
+    """One live worker's memory in bytes. ``counted`` is what admission counts for it: the larger
+    of its measured use (``used``: its own USS report or the OS view of its process tree,
+    whichever is larger) and its estimate. ``uss``, ``rss`` and ``mlx_*`` are from its last
+    heartbeat."""
+
+    name: str
+    state: str
+    pid: int
+    counted: int
+    used: int
+    estimate: int
+    uss: int = 0
+    rss: int = 0
+    mlx_active: int = 0
+    mlx_cache: int = 0
+    mlx_peak: int = 0
+    busy: bool = False
+    pinned: bool = False
+
+
+class AdmissionEstimate(msgspec.Struct, frozen=True):
+    """What loading ``model`` now would take: ``need`` bytes (weights on disk x weights_factor +
+    kv_headroom + process_overhead) against ``free`` bytes of the budget (without it, if it is
+    loaded); ``fits`` after evicting ``evict`` (idle models, least recently used first), or
+    ``reason`` why not."""
+
+    model: str
+    loaded: bool
+    need: int
+    free: int
+    fits: bool
+    evict: list[str] = []
+    reason: str = ""
+
+
+class MemoryReply(msgspec.Struct, tag="memory_reply", frozen=True):
+    """Bytes. ``used`` is the sum of the workers' ``counted``; the soft and hard limits are the
+    policing thresholds (trim, then evict or kill)."""
+
+    budget: int
+    used: int
+    soft_limit: int
+    hard_limit: int
+    max_loaded_models: int
+    workers: list[WorkerMemory]
+    estimate: AdmissionEstimate | None = None
+
+
+ControlReply = StatusReply | CommandResult | TailReply | ModelsReply | MemoryReply

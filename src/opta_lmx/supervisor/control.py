@@ -18,8 +18,11 @@ from opta_lmx.proto import (
     ControlReply,
     ControlRequest,
     EnsureLoaded,
+    GetMemory,
+    GetModels,
     GetStatus,
     KeepAlive,
+    ModelsReply,
     Reload,
     Rescan,
     Restart,
@@ -31,6 +34,7 @@ from opta_lmx.proto import (
     Tail,
     TailReply,
 )
+from opta_lmx.supervisor.reports import memory_report, model_info
 from opta_lmx.supervisor.states import State
 
 if TYPE_CHECKING:
@@ -84,9 +88,14 @@ async def handle(supervisor: Supervisor, request: ControlRequest) -> ControlRepl
     if isinstance(request, ShutdownServer):
         supervisor.request_stop()
         return CommandResult(ok=True, message="Shut down")
-    worker = supervisor.workers.get(request.name)
+    if isinstance(request, GetModels) and request.name is None:
+        return ModelsReply([model_info(supervisor, w) for w in supervisor.workers.values()])
+    if isinstance(request, GetMemory) and request.model is None:
+        return memory_report(supervisor, None)
+    target = request.model if isinstance(request, GetMemory) else request.name
+    worker = supervisor.workers.get(target) if target is not None else None
     if worker is None:
-        return CommandResult(ok=False, message=f"{request.name}: ERROR (no such process)", code="model_not_found")
+        return CommandResult(ok=False, message=f"{target}: ERROR (no such process)", code="model_not_found")
     match request:
         case EnsureLoaded():
             return await _ensure_loaded(supervisor, worker)
@@ -109,6 +118,10 @@ async def handle(supervisor: Supervisor, request: ControlRequest) -> ControlRepl
             return _signal(worker, name)
         case Tail(offset=offset):
             return _tail(worker, offset)
+        case GetModels():
+            return ModelsReply([model_info(supervisor, worker)])
+        case GetMemory():
+            return memory_report(supervisor, worker)
     return CommandResult(ok=False, message=f"unknown command {request!r}", code="unknown_command")
 
 

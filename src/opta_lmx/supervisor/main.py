@@ -143,7 +143,7 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(
             self.spares.stop(self.config.supervisor.stop_grace),
-            *(w.stop("server shutdown", drain=False) for w in self.workers.values()),
+            *(w.stop("server shutdown", drain=False, cause="shutdown") for w in self.workers.values()),
         )
         self._context.destroy(linger=0)
         self._death.close()
@@ -156,12 +156,12 @@ class Supervisor:
     def seq(self) -> int:
         return self._seq
 
-    def _status(self, worker: WorkerProcess) -> ModelStatus:
+    def status_of(self, worker: WorkerProcess) -> ModelStatus:
         return msgspec.structs.replace(worker.status(self._seq), config_version=self.config_version)
 
     def publish(self, worker: WorkerProcess) -> None:
         self._seq += 1
-        self._events.send(self._encoder.encode(self._status(worker)))
+        self._events.send(self._encoder.encode(self.status_of(worker)))
 
     def publish_removed(self, name: str) -> None:
         self._seq += 1
@@ -169,7 +169,7 @@ class Supervisor:
         self._events.send(self._encoder.encode(removed))
 
     def statuses(self) -> list[ModelStatus]:
-        return [self._status(w) for w in self.workers.values()]
+        return [self.status_of(w) for w in self.workers.values()]
 
     def send_to_worker(self, identity: str, command: WorkerCommand) -> None:
         try:
@@ -196,7 +196,8 @@ class Supervisor:
 
     # -- loading within the budget ---------------------------------------------------------
 
-    def _estimate(self, worker: WorkerProcess) -> int:
+    def estimate(self, worker: WorkerProcess) -> int:
+        """The admission estimate of ``worker``'s memory need, in bytes."""
         memory = self.config.memory
         return policy.estimate_need(
             Path(worker.model.path), memory.weights_factor, memory.kv_headroom, memory.process_overhead
@@ -204,6 +205,15 @@ class Supervisor:
 
     def budget(self) -> int:
         return budget_bytes(self.config.memory, psutil.virtual_memory().total)
+
+    def admission_views(self, worker: WorkerProcess) -> list[policy.WorkerView]:
+        """The loaded workers other than ``worker`` as admission counts them: each the larger of
+        its measured use and its estimate; those being stopped already are left out."""
+        return [
+            w.view(max(w.memory_used(), self.estimate(w)))
+            for w in self.workers.values()
+            if w.alive and w is not worker and w.name not in self._stopping_tasks
+        ]
 
     async def load(self, worker: WorkerProcess) -> CommandResult:
         """Start ``worker`` if its estimated need fits, evicting idle workers LRU-first to make room.
@@ -218,12 +228,8 @@ class Supervisor:
             pending = self._stopping_tasks.get(worker.name)
             if pending is not None:
                 await pending
-            need = self._estimate(worker)
-            loaded = [
-                w.view(max(w.memory_used(), self._estimate(w)))
-                for w in self.workers.values()
-                if w.alive and w is not worker and w.name not in self._stopping_tasks
-            ]
+            need = self.estimate(worker)
+            loaded = self.admission_views(worker)
             decision = policy.admit(need, loaded, self.budget(), self.config.memory.max_loaded_models)
             if isinstance(decision, policy.Refuse):
                 message = (
@@ -232,9 +238,10 @@ class Supervisor:
                 )
                 log.warning(message)
                 return CommandResult(ok=False, message=message, code="insufficient_memory")
+            began = time.monotonic()
             for victim in decision.evict:
-                await self.workers[victim].stop(f"evicted to make room for {worker.name}")
-            worker.start()
+                await self.workers[victim].stop(f"evicted to make room for {worker.name}", cause="evicted")
+            worker.start(decision.evict, time.monotonic() - began if decision.evict else 0.0)
             return CommandResult(ok=True, message=f"{worker.name}: loading")
 
     async def _load_on_start(self) -> None:
@@ -247,10 +254,10 @@ class Supervisor:
 
     # -- policing ----------------------------------------------------------------------------
 
-    def stop_in_background(self, worker: WorkerProcess, reason: str) -> None:
+    def stop_in_background(self, worker: WorkerProcess, reason: str, cause: str) -> None:
         if worker.name in self._stopping_tasks:
             return
-        task = asyncio.create_task(worker.stop(reason), name=f"stop:{worker.name}")
+        task = asyncio.create_task(worker.stop(reason, cause=cause), name=f"stop:{worker.name}")
         self._stopping_tasks[worker.name] = task
         task.add_done_callback(lambda _: self._stopping_tasks.pop(worker.name, None))
 
@@ -267,10 +274,12 @@ class Supervisor:
         for worker in running:
             problem = worker.liveness_problem(now)
             if problem is not None:
-                log.error("%s: %s; killing it", worker.name, problem)
-                worker.kill(signal.SIGKILL, problem)
+                cause, words = problem
+                log.error("%s: %s; killing it", worker.name, words)
+                worker.kill(signal.SIGKILL, words, cause)
             elif self._idle_expired(worker, now):
-                self.stop_in_background(worker, f"unloaded after {worker.idle_for(now):.0f}s idle (keep_alive)")
+                reason = f"unloaded after {worker.idle_for(now):.0f}s idle (keep_alive)"
+                self.stop_in_background(worker, reason, "idle")
         self._police_memory([w for w in running if w.name not in self._stopping_tasks], now)
 
     def _idle_expired(self, worker: WorkerProcess, now: float) -> bool:
@@ -295,10 +304,10 @@ class Supervisor:
                     self._trimmed_at[worker.name] = now
                     self.send_to_worker(worker.identity, Trim())
                 case policy.Evict(reason=reason):
-                    self.stop_in_background(worker, f"evicted: {reason}")
+                    self.stop_in_background(worker, f"evicted: {reason}", "evicted")
                 case policy.Kill(reason=reason):
                     log.error("%s: %s; killing it", worker.name, reason)
-                    worker.kill(signal.SIGKILL, reason)
+                    worker.kill(signal.SIGKILL, reason, "memory")
 
     # -- reload ------------------------------------------------------------------------------
 
@@ -330,7 +339,8 @@ class Supervisor:
         self.runtime.config_path.write_bytes(msgspec.json.encode(self.config))
         self.config_version += 1
         for name in [n for n in old if n not in fresh or fresh[n] != old[n]]:
-            await self.workers.pop(name).stop("removed by reload" if name not in fresh else "changed by reload")
+            reason = "removed by reload" if name not in fresh else "changed by reload"
+            await self.workers.pop(name).stop(reason, cause="reload")
             self.publish_removed(name)
             notes.append(f"{name}: {'removed' if name not in fresh else 'replaced'}")
         for name, model in fresh.items():

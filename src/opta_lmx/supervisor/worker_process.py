@@ -93,6 +93,14 @@ class WorkerProcess:
         self._progress_at = 0.0
         self._beat_at = 0.0  # when the last heartbeat came
         self._kill_reason: str | None = None
+        self._kill_cause = "signal"
+        # Counts by cause (proto.RESTART_CAUSES, STOP_CAUSES) and the last exit, for operators.
+        self.restarts: dict[str, int] = {}
+        self.stops: dict[str, int] = {}
+        self.last_exit = ("", "", 0.0)  # cause, description, wall-clock time
+        # What the coming start evicted to make room, and how long that took (a swap).
+        self.evicted: list[str] = []
+        self.evict_seconds = 0.0
         self._report: asyncio.Future[WorkerReport] | None = None
         self._life: asyncio.Task[None] | None = None
 
@@ -158,12 +166,22 @@ class WorkerProcess:
             first_token_seconds=self.last_heartbeat.first_token_seconds if self.last_heartbeat else 0.0,
             keep_alive=self.keep_alive,
             last_used=time.time() - (time.monotonic() - self.last_used),
+            restarts=dict(self.restarts),
+            stops=dict(self.stops),
+            last_exit_cause=self.last_exit[0],
+            last_exit=self.last_exit[1],
+            last_exit_at=self.last_exit[2],
+            queued=max(0, self.active_requests - self.model.options.batch_size) if running else 0,
+            evicted=list(self.evicted),
+            evict_seconds=self.evict_seconds,
         )
 
-    def start(self) -> None:
-        """Start (or, from FATAL, start again); a no-op while already alive."""
+    def start(self, evicted: list[str] | None = None, evict_seconds: float = 0.0) -> None:
+        """Start (or, from FATAL, start again); a no-op while already alive. ``evicted``: the
+        models stopped to make room for this start, in ``evict_seconds``."""
         if self.alive:
             return
+        self.evicted, self.evict_seconds = evicted or [], evict_seconds
         self._backoff.reset()
         self.last_used = time.monotonic()
         self._life = asyncio.create_task(self._supervise(), name=f"worker:{self.name}")
@@ -177,8 +195,9 @@ class WorkerProcess:
             await asyncio.sleep(0.05)
         return self.state
 
-    async def stop(self, reason: str = "stopped by operator", drain: bool = True) -> None:
-        """Stop for good (never restarted): drain in-flight requests first when asked to."""
+    async def stop(self, reason: str = "stopped by operator", drain: bool = True, cause: str = "operator") -> None:
+        """Stop for good (never restarted): drain in-flight requests first when asked to.
+        ``cause`` is counted (``proto.STOP_CAUSES``, or "shutdown", which is not)."""
         was_alive = self.alive
         life, self._life = self._life, None
         if life is not None:
@@ -199,14 +218,20 @@ class WorkerProcess:
                     log.warning("%s: requests still running after drain_grace; stopping anyway", self.name)
             await terminate(proc, self._settings.stop_grace)
         self.keep_alive_override = None  # it was for this load
+        if was_running:
+            self.last_exit = (cause, reason, time.time())
         if was_alive or was_running:
+            if cause != "shutdown":
+                self.stops[cause] = self.stops.get(cause, 0) + 1
             self._set(State.STOPPED, reason)
 
-    def kill(self, sig: signal.Signals, reason: str) -> bool:
-        """Signal the worker's process group; the exit is then handled as a failure (restart)."""
+    def kill(self, sig: signal.Signals, reason: str, cause: str = "signal") -> bool:
+        """Signal the worker's process group; the exit is then handled as a failure (restart),
+        counted under ``cause`` (``proto.RESTART_CAUSES``)."""
         if self.proc is None or self.proc.returncode is not None:
             return False
         self._kill_reason = reason
+        self._kill_cause = cause
         signal_group(self.proc.pid, sig)
         return True
 
@@ -237,15 +262,16 @@ class WorkerProcess:
         elapsed = now - self._beat_at
         return elapsed > 0 and report.cpu_seconds - previous.cpu_seconds >= _COMPUTING_CORES * elapsed
 
-    def liveness_problem(self, now: float) -> str | None:
-        """Why a RUNNING worker must be killed (silent, or busy without progress), else None."""
+    def liveness_problem(self, now: float) -> tuple[str, str] | None:
+        """Why a RUNNING worker must be killed, as (cause, words): "unresponsive" (silent) or
+        "hung" (busy without progress); else None."""
         if self.state is not State.RUNNING:
             return None
         silent = now - self._heard_at
         if silent > self._settings.heartbeat_misses * self._settings.heartbeat_interval:
-            return f"no heartbeat for {silent:.1f}s"
+            return "unresponsive", f"no heartbeat for {silent:.1f}s"
         if self.active_requests > 0 and now - self._progress_at > self._settings.hang_timeout:
-            return f"hung: {self.active_requests} requests and no progress for {now - self._progress_at:.1f}s"
+            return "hung", f"hung: {self.active_requests} requests and no progress for {now - self._progress_at:.1f}s"
         return None
 
     def idle_for(self, now: float) -> float:
@@ -253,16 +279,19 @@ class WorkerProcess:
 
     async def _supervise(self) -> None:
         while True:
-            failure = await self._run_once()
+            cause, failure = await self._run_once()
+            self.evicted, self.evict_seconds = [], 0.0  # they made room for the first start only
+            self.last_exit = (cause, failure, time.time())
             delay = self._backoff.record_failure(time.monotonic())
             if delay is None:
                 self._set(State.FATAL, f"{failure} (gave up after repeated failures)")
                 return
+            self.restarts[cause] = self.restarts.get(cause, 0) + 1
             self._set(State.BACKOFF, f"{failure}; restarting in {delay:g}s")
             await asyncio.sleep(delay)
 
-    async def _run_once(self) -> str:
-        """Spawn, wait for Ready, serve until exit; returns why it ended."""
+    async def _run_once(self) -> tuple[str, str]:
+        """Spawn, wait for Ready, serve until exit; returns why it ended: (cause, words)."""
         self.generation += 1
         self.ready = None
         self.last_heartbeat = None
@@ -280,7 +309,7 @@ class WorkerProcess:
         failure = await self._wait_ready(self.proc)
         if failure is not None:
             await terminate(self.proc, self._settings.stop_grace)
-            return failure
+            return "load_failed", failure
         assert self.ready is not None
         self._heard_at = self._progress_at = self.last_used = time.monotonic()
         total = self._heard_at - began
@@ -294,13 +323,13 @@ class WorkerProcess:
         returncode = await self.proc.wait()
         return self._exit_reason(returncode)
 
-    def _exit_reason(self, returncode: int) -> str:
+    def _exit_reason(self, returncode: int) -> tuple[str, str]:
         if self._kill_reason is not None:
-            return f"killed by the supervisor: {self._kill_reason} ({describe_exit(returncode)})"
+            return self._kill_cause, f"killed by the supervisor: {self._kill_reason} ({describe_exit(returncode)})"
         how = describe_exit(returncode)
         if returncode == -signal.SIGKILL:
             how += ": the kernel's out-of-memory killer, or another process"
-        return f"exited unexpectedly ({how}): {log_tail(self.log_path)}"
+        return "crash", f"exited unexpectedly ({how}): {log_tail(self.log_path)}"
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> str | None:
         assert self._report is not None

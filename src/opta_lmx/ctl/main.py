@@ -1,32 +1,43 @@
-"""``lmxctl``: control a running Opta-LMX over the supervisor's control socket (supervisorctl-style).
+"""``lmxctl``: control a running Opta-LMX (supervisorctl-style), on this machine or over HTTP.
 
     lmxctl status [-v] [NAME]    one line per model; exit 0 all RUNNING, 3 some not, 4 unknown NAME
+    lmxctl models [NAME]         configured models: state, engine, memory estimate, path, settings
+    lmxctl memory [MODEL]        budget, each worker's use, and what loading MODEL would take
     lmxctl start|stop|restart NAME
     lmxctl kill NAME [SIGNAL]    signal the worker's process group (default KILL; it is restarted)
     lmxctl tail [-f] NAME        the worker's log
     lmxctl reload                re-read the config: add, remove, replace changed models
-    lmxctl shutdown              stop the whole service
+    lmxctl shutdown              stop the whole service (on this machine only)
 
-Exit 1 with a message (no traceback) when no supervisor is running; 2 when a command fails.
+By default lmxctl talks to the supervisor's control socket (found in the data directory). With
+``--url http://HOST:PORT`` (or ``$LMX_URL``) it uses that server's admin API instead, sending
+``--key`` (or ``$LMX_ADMIN_KEY``) as the admin key; the output is the same.
+
+Exit 1 with a message (no traceback) when no server answers; 2 when a command fails or is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
-
-import msgspec
-import zmq
+from typing import Protocol
 
 from opta_lmx.config import default_data_dir
+from opta_lmx.ctl import render
+from opta_lmx.ctl.local import Client, NotRunning
+from opta_lmx.ctl.remote import HttpClient, Refused, Unsupported
 from opta_lmx.proto import (
     CommandResult,
     ControlReply,
     ControlRequest,
+    GetMemory,
+    GetModels,
     GetStatus,
-    ModelStatus,
+    MemoryReply,
+    ModelsReply,
     Reload,
     Restart,
     ShutdownServer,
@@ -37,76 +48,25 @@ from opta_lmx.proto import (
     Tail,
     TailReply,
 )
-from opta_lmx.runtime import control_address_file
 
 EXIT_NOT_RUNNING = 1
 EXIT_FAILED = 2
 EXIT_SOME_STOPPED = 3
 EXIT_UNKNOWN_NAME = 4
-_QUICK_MS = 5000
 # start/restart wait for the model to load; the supervisor bounds that by its load_timeout.
 _SLOW_MS = 15 * 60 * 1000
 _FOLLOW_INTERVAL = 0.5
 
 
-class NotRunning(Exception):
-    pass
+class Control(Protocol):
+    """The local socket's client or the admin API's: the same messages, the same replies."""
+
+    def call(self, message: ControlRequest, timeout_ms: int = ...) -> ControlReply: ...
+
+    def close(self) -> None: ...
 
 
-class Client:
-    def __init__(self, data_dir: Path) -> None:
-        try:
-            self.address = control_address_file(data_dir).read_text().strip()
-        except OSError:
-            raise NotRunning(f"no supervisor is running (no {control_address_file(data_dir)})") from None
-        self._context = zmq.Context()
-        self._sock = self._context.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(self.address)
-
-    def call(self, message: ControlRequest, timeout_ms: int = _QUICK_MS) -> ControlReply:
-        self._sock.send(msgspec.msgpack.encode(message))
-        if not self._sock.poll(timeout_ms):
-            raise NotRunning(f"the supervisor at {self.address} does not answer")
-        return msgspec.msgpack.decode(self._sock.recv(), type=ControlReply)
-
-    def close(self) -> None:
-        self._sock.close()
-        self._context.term()
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.0f} MiB"
-
-
-def details_lines(status: ModelStatus, width: int) -> str:
-    """Where the last start's time went, and what the memory holds (``status -v``)."""
-    first = f"{status.first_token_seconds:.2f}s" if status.first_token_seconds else "-"
-    timings = (
-        f"{'':<{width}}spawn {status.spawn_seconds:.2f}s, imports {status.import_seconds:.2f}s, "
-        f"load {status.load_seconds:.2f}s, first request's time to first token {first}"
-    )
-    if status.state != "RUNNING":
-        return timings
-    return timings + (
-        f"\n{'':<{width}}memory: uss {_mib(status.memory)}, mlx active {_mib(status.mlx_active)}, "
-        f"mlx cache {_mib(status.mlx_cache)}"
-    )
-
-
-def status_line(status: ModelStatus, width: int) -> str:
-    """supervisord's format (name, state, description), plus memory and requests in flight."""
-    if status.state == "RUNNING":
-        uptime = int(time.time() - status.started_at)
-        hours, rest = divmod(uptime, 3600)
-        desc = f"pid {status.pid}, uptime {hours}:{rest // 60:02d}:{rest % 60:02d}"
-        desc += f", mem {_mib(status.memory)}, {status.active_requests} in flight"
-    else:
-        desc = status.description
-    return f"{status.name:<{width}}{status.state:<10}{desc}"
-
-
-def _status(client: Client, name: str | None, verbose: bool = False) -> int:
+def _status(client: Control, name: str | None, verbose: bool = False) -> int:
     reply = client.call(GetStatus(name=name))
     assert isinstance(reply, StatusReply)
     if name and not reply.models:
@@ -114,10 +74,28 @@ def _status(client: Client, name: str | None, verbose: bool = False) -> int:
         return EXIT_UNKNOWN_NAME
     width = max((len(m.name) for m in reply.models), default=0) + 3
     for model in reply.models:
-        print(status_line(model, width))
+        print(render.status_line(model, width))
         if verbose:
-            print(details_lines(model, width))
+            print(render.details_lines(model, width))
     return 0 if all(m.state == "RUNNING" for m in reply.models) else EXIT_SOME_STOPPED
+
+
+def _models(client: Control, name: str | None) -> int:
+    reply = client.call(GetModels(name=name))
+    if isinstance(reply, CommandResult):
+        return _result(reply)
+    assert isinstance(reply, ModelsReply)
+    print(render.models_table(reply.models))
+    return 0
+
+
+def _memory(client: Control, model: str | None) -> int:
+    reply = client.call(GetMemory(model=model))
+    if isinstance(reply, CommandResult):
+        return _result(reply)
+    assert isinstance(reply, MemoryReply)
+    print(render.memory_report(reply))
+    return 0
 
 
 def _result(reply: ControlReply) -> int:
@@ -128,7 +106,7 @@ def _result(reply: ControlReply) -> int:
     return EXIT_UNKNOWN_NAME if reply.code == "model_not_found" else EXIT_FAILED
 
 
-def _tail(client: Client, name: str, follow: bool) -> int:
+def _tail(client: Control, name: str, follow: bool) -> int:
     offset = -1600
     while True:
         reply = client.call(Tail(name=name, offset=offset))
@@ -145,13 +123,21 @@ def _tail(client: Client, name: str, follow: bool) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmxctl", description="control a running Opta-LMX")
-    parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
+    parser.add_argument("--data-dir", type=Path, default=None, help="the server's data directory (local control)")
+    parser.add_argument(
+        "--url", default=None, help="a server's base URL, e.g. http://host:1234: use its admin API ($LMX_URL)"
+    )
+    parser.add_argument("--key", default=None, help="the server's admin key, with --url ($LMX_ADMIN_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="state of every model (or one)")
     status.add_argument(
-        "-v", "--verbose", action="store_true", help="add where start-up time went and what the memory holds"
+        "-v", "--verbose", action="store_true", help="add start-up times, memory, queue and past exits"
     )
     status.add_argument("name", nargs="?")
+    commands.add_parser("models", help="configured models and their settings").add_argument("name", nargs="?")
+    commands.add_parser("memory", help="the memory budget and use; with MODEL, what loading it takes").add_argument(
+        "model", nargs="?"
+    )
     for verb in ("start", "stop", "restart"):
         commands.add_parser(verb, help=f"{verb} a model's worker").add_argument("name")
     kill = commands.add_parser("kill", help="signal a model's worker (default KILL)")
@@ -165,10 +151,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(client: Client, args: argparse.Namespace) -> int:
+def _run(client: Control, args: argparse.Namespace) -> int:
     match args.command:
         case "status":
             return _status(client, args.name, args.verbose)
+        case "models":
+            return _models(client, args.name)
+        case "memory":
+            return _memory(client, args.model)
         case "start":
             return _result(client.call(Start(args.name), _SLOW_MS))
         case "stop":
@@ -186,10 +176,17 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _connect(args: argparse.Namespace) -> Control:
+    url = args.url or os.environ.get("LMX_URL")
+    if url:
+        return HttpClient(url, args.key or os.environ.get("LMX_ADMIN_KEY"))
+    return Client(args.data_dir or default_data_dir())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        client = Client(args.data_dir or default_data_dir())
+        client = _connect(args)
     except NotRunning as exc:
         print(f"lmxctl: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
@@ -198,11 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     except NotRunning as exc:
         print(f"lmxctl: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    except (Refused, Unsupported) as exc:
+        print(f"lmxctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     finally:
         client.close()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from opta_lmx.ctl.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""What the supervisor tells operators about its models and its memory (``GetModels``,
+``GetMemory``): the figures admission itself works from, so an operator sees what it sees."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from opta_lmx.proto import AdmissionEstimate, MemoryReply, ModelInfo, WorkerMemory
+from opta_lmx.supervisor import memory_policy as policy
+
+if TYPE_CHECKING:
+    from opta_lmx.supervisor.main import Supervisor
+    from opta_lmx.supervisor.worker_process import WorkerProcess
+
+
+def model_info(supervisor: Supervisor, worker: WorkerProcess) -> ModelInfo:
+    model = worker.model
+    return ModelInfo(
+        name=model.name,
+        path=model.path,
+        engine=model.engine,
+        aliases=list(model.aliases),
+        pinned=model.pinned,
+        load_on_start=model.load_on_start,
+        batch_size=model.options.batch_size,
+        request_limit=supervisor.config.request_limit(model),
+        estimate=supervisor.estimate(worker),
+        status=supervisor.status_of(worker),
+    )
+
+
+def memory_report(supervisor: Supervisor, model: WorkerProcess | None) -> MemoryReply:
+    """The budget and limits, each live worker's use, and the admission estimate for ``model``."""
+    memory = supervisor.config.memory
+    budget = supervisor.budget()
+    workers = [_worker_memory(supervisor, w) for w in supervisor.workers.values() if w.alive]
+    return MemoryReply(
+        budget=budget,
+        used=sum(w.counted for w in workers),
+        soft_limit=int(budget * memory.soft_limit),
+        hard_limit=int(budget * memory.hard_limit),
+        max_loaded_models=memory.max_loaded_models,
+        workers=workers,
+        estimate=_estimate(supervisor, model, budget) if model is not None else None,
+    )
+
+
+def _worker_memory(supervisor: Supervisor, worker: WorkerProcess) -> WorkerMemory:
+    used = worker.memory_used()
+    estimate = supervisor.estimate(worker)
+    beat = worker.last_heartbeat
+    reading = beat.memory if beat is not None else None
+    return WorkerMemory(
+        name=worker.name,
+        state=worker.state.value,
+        pid=worker.proc.pid if worker.proc and worker.proc.returncode is None else 0,
+        counted=max(used, estimate),
+        used=used,
+        estimate=estimate,
+        uss=reading.uss if reading else 0,
+        rss=reading.rss if reading else 0,
+        mlx_active=reading.mlx_active if reading else 0,
+        mlx_cache=reading.mlx_cache if reading else 0,
+        mlx_peak=reading.mlx_peak if reading else 0,
+        busy=worker.active_requests > 0,
+        pinned=worker.model.pinned,
+    )
+
+
+def _estimate(supervisor: Supervisor, worker: WorkerProcess, budget: int) -> AdmissionEstimate:
+    """The decision ``Supervisor.load`` would take now (a loaded model is counted as if it were not)."""
+    need = supervisor.estimate(worker)
+    loaded = supervisor.admission_views(worker)
+    decision = policy.admit(need, loaded, budget, supervisor.config.memory.max_loaded_models)
+    free = max(0, budget - sum(w.used for w in loaded))
+    if isinstance(decision, policy.Refuse):
+        return AdmissionEstimate(worker.name, worker.alive, need, free, False, reason=decision.reason)
+    return AdmissionEstimate(worker.name, worker.alive, need, free, True, evict=decision.evict)
