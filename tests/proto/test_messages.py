@@ -8,6 +8,7 @@ from opta_lmx.proto import (
     PROTO_VERSION,
     AdmissionEstimate,
     Cancel,
+    CancelPull,
     ChatMessage,
     CommandResult,
     ControlReply,
@@ -15,6 +16,7 @@ from opta_lmx.proto import (
     Embed,
     Embeddings,
     EnsureLoaded,
+    Event,
     KeepAlive,
     Failed,
     Finished,
@@ -22,6 +24,7 @@ from opta_lmx.proto import (
     Generate,
     GetMemory,
     GetModels,
+    GetPulls,
     GetStatus,
     Heartbeat,
     Load,
@@ -31,8 +34,12 @@ from opta_lmx.proto import (
     ModelInfo,
     ModelsReply,
     ModelStatus,
+    PullJob,
+    PullModel,
+    PullsReply,
     Ready,
     Reload,
+    RemoveModel,
     Rescan,
     Restart,
     SamplingParams,
@@ -73,6 +80,11 @@ MEMORY_REPLY = MemoryReply(
     [WorkerMemory("m", "RUNNING", 42, 2 << 30, 1 << 30, 2 << 30, 1 << 30, 3 << 29, 7, 8, 9, True, False)],
     AdmissionEstimate("n", False, 1 << 30, 14 << 30, True, ["m"]),
 )
+PULLING = PullJob(
+    "0123456789ab", "org/m", "main", "downloading", seq=5, quant="Q4_K_M", files=["m-Q4_K_M.gguf"],
+    current_file="m-Q4_K_M.gguf", file_done=10, file_bytes=20, done_bytes=10, total_bytes=20, started_at=1.5e9,
+)
+FAILED = PullJob("0123456789ac", "org/n", "v1", "failed", message="repository org/n not found", error="not_found")
 
 CASES = [
     (ToWorker, Generate(7, [ChatMessage("user", "hi")], SamplingParams(5, 0.5, 0.9, ["x", "yz"]))),
@@ -134,6 +146,15 @@ CASES = [
     (ControlReply, CommandResult(False, "nope", "insufficient_memory")),
     (ControlReply, TailReply("log text", 1234)),
     (ModelStatus, STATUS),
+    (ControlRequest, PullModel("org/m")),
+    (ControlRequest, PullModel("org/m", "v1", "Q8_0")),
+    (ControlRequest, GetPulls()),
+    (ControlRequest, GetPulls("0123456789ab")),
+    (ControlRequest, CancelPull("0123456789ab")),
+    (ControlRequest, RemoveModel("org/m")),
+    (ControlReply, PullsReply([PULLING, FAILED])),
+    (Event, PULLING),
+    (Event, STATUS),
 ]
 
 

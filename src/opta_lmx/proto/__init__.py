@@ -6,7 +6,7 @@ Sockets and directions:
   (generation: ``Generate``/``Cancel``; embeddings and rerank scores: ``Embed``).
 - worker DEALER -> supervisor ROUTER: ``WorkerReport``; supervisor -> worker: ``WorkerCommand``.
 - lmxctl / gateway DEALER -> supervisor control ROUTER: ``ControlRequest``; back: ``ControlReply``.
-- supervisor PUB -> gateway SUB: ``ModelStatus`` events.
+- supervisor PUB -> gateway SUB: ``Event`` (``ModelStatus``, ``PullJob``).
 
 This package imports only msgspec.
 """
@@ -14,20 +14,29 @@ This package imports only msgspec.
 from opta_lmx.proto.control import (
     RESTART_CAUSES,
     STOP_CAUSES,
+    PULL_FINISHED,
+    PULL_STATES,
     AdmissionEstimate,
+    CancelPull,
     CommandResult,
     ControlReply,
     ControlRequest,
     EnsureLoaded,
+    Event,
     GetMemory,
     GetModels,
+    GetPulls,
     GetStatus,
     KeepAlive,
     MemoryReply,
     ModelInfo,
     ModelsReply,
     ModelStatus,
+    PullJob,
+    PullModel,
+    PullsReply,
     Reload,
+    RemoveModel,
     Rescan,
     Restart,
     ShutdownServer,
@@ -74,11 +83,14 @@ from opta_lmx.proto.lifecycle import (
 
 __all__ = [
     "PROTO_VERSION",
+    "PULL_FINISHED",
+    "PULL_STATES",
     "RESTART_CAUSES",
     "SPARE_IDENTITY_PREFIX",
     "STOP_CAUSES",
     "AdmissionEstimate",
     "Cancel",
+    "CancelPull",
     "ChatMessage",
     "CommandResult",
     "ControlReply",
@@ -86,12 +98,14 @@ __all__ = [
     "Embed",
     "Embeddings",
     "EnsureLoaded",
+    "Event",
     "Failed",
     "Finished",
     "FromWorker",
     "Generate",
     "GetMemory",
     "GetModels",
+    "GetPulls",
     "GetStatus",
     "Heartbeat",
     "KeepAlive",
@@ -102,8 +116,12 @@ __all__ = [
     "ModelInfo",
     "ModelStatus",
     "ModelsReply",
+    "PullJob",
+    "PullModel",
+    "PullsReply",
     "Ready",
     "Reload",
+    "RemoveModel",
     "Rescan",
     "Restart",
     "SamplingParams",

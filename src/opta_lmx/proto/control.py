@@ -140,6 +140,37 @@ class GetMemory(msgspec.Struct, tag="memory", frozen=True):
     model: str | None = None
 
 
+class PullModel(msgspec.Struct, tag="pull_model", frozen=True):
+    """Download ``repo`` (``ORG/NAME``, or ``ORG/NAME@REVISION``) from the Hugging Face hub into
+    the data directory, as a job the supervisor runs; answered with the job (``PullsReply``)
+    at once. ``quant`` chooses a GGUF repository's quantization. A pull of a repository already
+    being pulled with the same settings answers with that job."""
+
+    repo: str
+    revision: str = ""
+    quant: str | None = None
+
+
+class GetPulls(msgspec.Struct, tag="pulls", frozen=True):
+    """The pull jobs the supervisor knows (running ones and the last finished ones), or one."""
+
+    id: str | None = None
+
+
+class CancelPull(msgspec.Struct, tag="cancel_pull", frozen=True):
+    """Stop a running pull at its next network chunk; its partial download is kept for the
+    next pull of the same repository to continue."""
+
+    id: str
+
+
+class RemoveModel(msgspec.Struct, tag="remove_model", frozen=True):
+    """Delete a local model's files; refused while a worker has it loaded or is loading it,
+    and for a configured model. The models on disk are scanned again after."""
+
+    name: str
+
+
 ControlRequest = (
     GetStatus
     | EnsureLoaded
@@ -154,6 +185,10 @@ ControlRequest = (
     | GetModels
     | GetMemory
     | Rescan
+    | PullModel
+    | GetPulls
+    | CancelPull
+    | RemoveModel
 )
 
 
@@ -248,4 +283,48 @@ class MemoryReply(msgspec.Struct, tag="memory_reply", frozen=True):
     estimate: AdmissionEstimate | None = None
 
 
-ControlReply = StatusReply | CommandResult | TailReply | ModelsReply | MemoryReply
+# A pull job's states: ``pending`` (not started yet), ``listing`` (asking the hub what the
+# repository holds), ``downloading``, ``installing`` (every file is in and checked; the server is
+# taking the model in), then one of ``done``, ``failed``, ``cancelled``.
+PULL_STATES = ("pending", "listing", "downloading", "installing", "done", "failed", "cancelled")
+PULL_FINISHED = ("done", "failed", "cancelled")
+
+
+class PullJob(msgspec.Struct, tag="pull_job", frozen=True):
+    """One pull as the supervisor runs it: a reply to ``PullModel``/``GetPulls``, and published
+    on the events socket at each change (progress at most a few times a second).
+
+    ``seq`` is the supervisor's event sequence number as of this state: once ``done``, the
+    statuses published before it include the new model. ``error`` names a failure for
+    programs: ``not_found`` (repository, revision, file or quantization), ``download_failed``
+    (network, a corrupt file, the hub refused), ``disk_full``, ``cancelled``, ``internal``.
+    ``model`` is the name the model is served under, once done.
+    """
+
+    id: str
+    repo: str
+    revision: str
+    state: str
+    seq: int = 0
+    quant: str | None = None
+    files: list[str] = []
+    current_file: str = ""
+    file_done: int = 0
+    file_bytes: int = 0
+    done_bytes: int = 0
+    total_bytes: int = 0
+    message: str = ""
+    error: str = ""
+    model: str = ""
+    path: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+class PullsReply(msgspec.Struct, tag="pulls_reply", frozen=True):
+    jobs: list[PullJob]
+
+
+ControlReply = StatusReply | CommandResult | TailReply | ModelsReply | MemoryReply | PullsReply
+# What the supervisor publishes on its events socket.
+Event = ModelStatus | PullJob
