@@ -14,11 +14,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
 
 import msgspec
 
-from opta_lmx.config import Config, ModelConfig, default_data_dir, exposure_error, load_config, with_demo_model
+from opta_lmx.config import Config, default_data_dir, exposure_error, load_config, with_demo_model
 from opta_lmx.errors import ConfigError
 from opta_lmx.store import commands as store_commands
 
@@ -58,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"opta-lmx: {exc}", file=sys.stderr)
         return 2
+    from huggingface_hub import constants
+
+    from opta_lmx.store.local import LocalStore
     from opta_lmx.supervisor.main import run_supervisor
 
     reload_source = (lambda: _serve_config(args)[0]) if args.config else None
-    return run_supervisor(config, data_dir, reload_source, _local_models(data_dir))
+    # The Hugging Face cache's location and the hub's address are read from the environment
+    # ($HF_HUB_CACHE / $HF_HOME, $HF_ENDPOINT) here, once.
+    return run_supervisor(config, data_dir, reload_source, LocalStore(data_dir, Path(constants.HF_HUB_CACHE)))
 
 
 def _serve_config(args: argparse.Namespace) -> tuple[Config, Path]:
@@ -80,18 +84,3 @@ def _serve_config(args: argparse.Namespace) -> tuple[Config, Path]:
 
         config = with_demo_model(config, ensure_default_model(data_dir / "models" / "opta-demo"))
     return config, data_dir
-
-
-def _local_models(data_dir: Path) -> Callable[[Config], list[ModelConfig]]:
-    """What the supervisor calls to find the models on disk, the Hugging Face cache location read
-    here from the environment ($HF_HUB_CACHE / $HF_HOME), once."""
-    from huggingface_hub import constants
-
-    from opta_lmx.store.inventory import StoreRoots, local_model_configs
-
-    hf_cache = Path(constants.HF_HUB_CACHE)
-
-    def find(config: Config) -> list[ModelConfig]:
-        return local_model_configs(StoreRoots.of(config, data_dir, hf_cache))
-
-    return find

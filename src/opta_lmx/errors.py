@@ -16,11 +16,14 @@
           │    ├── Unauthorized            401 invalid_api_key (no key, or a wrong one)
           │    ├── Forbidden               403 forbidden (a host or web origin not allowed; /admin off loopback)
           │    ├── ModelNotFound           404 model_not_found
+          │    ├── PullNotFound            404 pull_not_found (no pull job of that id)
           │    ├── StateConflict           409 already_started / not_running (an admin command on a model
-          │    │                               already in the state it asks for)
+          │    │                               already in the state it asks for); model_loaded,
+          │    │                               model_configured (a removal refused); pull_in_progress
           │    ├── RequestTooLarge         413 request_too_large (the body, refused before it is read)
           │    └── ConfigRefused           422 invalid_config (a reload found the config file invalid)
           ├── EndpointNotImplemented  501 an API route this server does not implement (yet)
+          ├── PullFailed              a pull job failed: 404 not_found, 502 download_failed, 507 disk_full
           └── ServiceError            the server cannot serve it now; the same request may succeed later
                ├── QueueFull               429 the model's queue is full (Retry-After)
                ├── WorkerUnavailable       503 the model's worker is starting, restarting or stopped
@@ -131,8 +134,14 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class PullNotFound(RequestError):
+    status = 404
+    code = "pull_not_found"
+
+
 class StateConflict(RequestError):
-    """The code says which state (``already_started``, ``not_running``): set per instance."""
+    """The code says which state (``already_started``, ``not_running``, ``model_loaded``...):
+    set per instance."""
 
     status = 409
     code = "conflict"
@@ -156,6 +165,20 @@ class EndpointNotImplemented(ApiError):
     status = 501
     type = "invalid_request_error"
     code = "not_implemented"
+
+
+class PullFailed(ApiError):
+    """A pull job ended without a model; ``code`` and ``status`` from the job's ``error``."""
+
+    type = "server_error"
+    _STATUS = {"not_found": 404, "disk_full": 507, "cancelled": 409, "download_failed": 502}
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = self._STATUS.get(code, 500)
+        if self.status < 500:
+            self.type = "invalid_request_error"
 
 
 class ServiceError(ApiError):

@@ -294,7 +294,9 @@ CHAT = {
         ("/api/generate", {"model": "tiny", "prompt": "x", "context": [1, 2]}, 400, "context"),
         ("/api/show", {"model": "nope"}, 404, "not found"),
         ("/api/show", {}, 400, "model is required"),
-        ("/api/pull", {"model": "llama3"}, 501, "not implemented"),
+        ("/api/pull", {"model": "llama3"}, 400, "only Hugging Face models"),
+        ("/api/pull", {"model": "hf.co/org/x", "quantize": "q4"}, 400, "quantize"),
+        ("/api/create", {"model": "x"}, 501, "not implemented"),
         ("/api/embed", {"model": "tiny", "input": "x"}, 501, "embeddings"),
     ],
 )
@@ -310,7 +312,7 @@ def test_unknown_routes_and_methods_in_ollamas_error_shape(server: Server) -> No
     wrong = httpx.get(f"{server.base_url}/api/chat")
     assert wrong.status_code == 405 and isinstance(wrong.json()["error"], str)
     deleted = httpx.request("DELETE", f"{server.base_url}/api/delete", json={"model": "tiny"})
-    assert deleted.status_code == 501 and "config" in deleted.json()["error"]
+    assert deleted.status_code == 409 and "configured model" in deleted.json()["error"]
 
 
 def test_client_raises_on_a_refused_stream(client: ollama.Client) -> None:

@@ -13,7 +13,12 @@ from starlette.testclient import TestClient
 from opta_lmx.config import Config, ServerConfig
 from opta_lmx.gateway import admin
 
-ROUTES = [(method, route.path.replace("{name:path}", "tiny")) for route in admin.routes() for method in route.methods or () if method != "HEAD"]
+ROUTES = [
+    (method, route.path.replace("{name:path}", "tiny").replace("{id:pull_id}", "0123456789ab"))
+    for route in admin.routes()
+    for method in route.methods or ()
+    if method != "HEAD"
+]
 
 
 def client(server: ServerConfig, address: str) -> TestClient:
@@ -25,6 +30,8 @@ def client(server: ServerConfig, address: str) -> TestClient:
 def test_every_route_is_covered() -> None:
     paths = {path for _, path in ROUTES}
     assert {"/metrics", "/admin/events", "/admin/models", "/admin/config/reload", "/admin/models/tiny/load"} <= paths
+    assert {"/admin/models/pull", "/admin/models/pull/0123456789ab/cancel", "/admin/models/pull/0123456789ab/events"} <= paths
+    assert ("DELETE", "/admin/models/tiny") in ROUTES
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)

@@ -1,9 +1,9 @@
-"""The status feed behind /admin/events: a slow subscriber holds one waiting status per model."""
+"""The feeds behind /admin/events and the pull streams: a slow subscriber holds one waiting item per model or job."""
 
 from __future__ import annotations
 
-from opta_lmx.gateway.status_feed import StatusFeed
-from opta_lmx.proto import ModelStatus
+from opta_lmx.gateway.status_feed import PullFeed, StatusFeed
+from opta_lmx.proto import ModelStatus, PullJob
 
 
 async def test_a_slow_reader_gets_the_latest_status_of_each_model_in_order_of_change() -> None:
@@ -29,3 +29,16 @@ async def test_closing_the_feed_ends_every_subscription() -> None:
     assert first.closed and (await first.next(timeout=1))[0].seq == 1  # type: ignore[index]
     assert await first.next(timeout=1) is None
     assert feed.subscribe().closed  # a late subscriber ends at once
+
+
+async def test_a_pull_follower_holds_only_its_jobs_latest_state() -> None:
+    feed = PullFeed()
+    mine = feed.subscribe(only="aaaaaaaaaaaa")
+    for done in range(0, 1000, 10):
+        feed.publish(PullJob("aaaaaaaaaaaa", "org/a", "main", "downloading", done_bytes=done, total_bytes=1000))
+        feed.publish(PullJob("bbbbbbbbbbbb", "org/b", "main", "downloading", done_bytes=done))
+    waiting = await mine.next(timeout=1)
+    assert waiting is not None and [(j.id, j.done_bytes) for j in waiting] == [("aaaaaaaaaaaa", 990)]
+    feed.publish(PullJob("aaaaaaaaaaaa", "org/a", "main", "done", done_bytes=1000, total_bytes=1000))
+    [last] = await mine.next(timeout=1)  # type: ignore[misc]
+    assert last.state == "done"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,18 @@ def test_refusals(tmp_path: Path, tiny_model: Path) -> None:
     with pytest.raises(ModelStoreError, match="'mine' is a configured model"):
         remove_model(find(scan(roots, configured), "mine"), _nothing_loaded)
     assert tiny_model.is_dir()
+
+
+def test_opta_lmx_rm_without_a_server_removes_the_files_itself(tmp_path: Path, tiny_model: Path) -> None:
+    shutil.copytree(tiny_model, tmp_path / "models" / "org" / "tiny")
+    env = {**os.environ, "OPTA_LMX_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hf")}
+
+    def rm(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "opta_lmx", "rm", name], env=env, capture_output=True, text=True, timeout=60)
+
+    removed = rm("org/tiny")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == f"removed org/tiny ({tmp_path / 'models' / 'org' / 'tiny'})"
+    assert not (tmp_path / "models" / "org").exists()
+    missing = rm("org/tiny")
+    assert missing.returncode == 1 and "no local model named 'org/tiny'" in missing.stderr

@@ -3,7 +3,9 @@ download a repository (repo info, tree, HEAD/GET ``resolve`` with ranges), servi
 
 Faults on demand: ``cut_once`` ends a file's first transfer after N bytes (the connection drops);
 ``corrupt`` serves a file with one byte changed (same size, the listing keeps the real hash);
-``delay`` slows every chunk so that a test can interrupt a transfer in the middle.
+``delay`` slows every chunk so that a test can interrupt a transfer in the middle; ``gate``, while
+it is not set, holds every file's bytes back (its headers go out), so that a test can look at a
+transfer that has begun and cannot end yet.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class StandInHub:
     cut_once: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     delay: float = 0.0
+    gate: threading.Event | None = None
     # (method, path, Range header) of every request, in order.
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     sha: str = "0123456789abcdef0123456789abcdef01234567"
@@ -130,6 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
+        if hub.gate is not None:
+            hub.gate.wait(timeout=120)
         cut = hub.cut_once.pop(name, None) if self.command == "GET" else None
         for chunk in _chunks(data[start:], cut):
             if hub.delay:

@@ -25,13 +25,25 @@ class Client:
         except OSError:
             raise NotRunning(f"no supervisor is running (no {control_address_file(data_dir)})") from None
         self._context = zmq.Context()
-        self._sock = self._context.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(self.address)
+        self._sock = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        return sock
 
     def call(self, message: ControlRequest, timeout_ms: int = QUICK_MS) -> ControlReply:
         self._sock.send(msgspec.msgpack.encode(message))
-        if not self._sock.poll(timeout_ms):
+        try:
+            ready = self._sock.poll(timeout_ms)
+        except BaseException:
+            # Interrupted (Ctrl-C) while the reply is on its way: a new socket, so that the next
+            # call never reads this one's reply.
+            self._sock.close()
+            self._sock = self._connect()
+            raise
+        if not ready:
             raise NotRunning(f"the supervisor at {self.address} does not answer")
         return msgspec.msgpack.decode(self._sock.recv(), type=ControlReply)
 

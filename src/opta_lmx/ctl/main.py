@@ -7,13 +7,16 @@
     lmxctl kill NAME [SIGNAL]    signal the worker's process group (default KILL; it is restarted)
     lmxctl tail [-f] NAME        the worker's log
     lmxctl reload                re-read the config: add, remove, replace changed models
+    lmxctl pull REPO[@REV] [--quant Q]   download a model from the Hugging Face hub (Ctrl-C cancels)
+    lmxctl rm NAME               delete a local model from disk (refused while it is loaded)
     lmxctl shutdown              stop the whole service (on this machine only)
 
 By default lmxctl talks to the supervisor's control socket (found in the data directory). With
 ``--url http://HOST:PORT`` (or ``$LMX_URL``) it uses that server's admin API instead, sending
 ``--key`` (or ``$LMX_ADMIN_KEY``) as the admin key; the output is the same.
 
-Exit 1 with a message (no traceback) when no server answers; 2 when a command fails or is refused.
+Exit 1 with a message (no traceback) when no server answers; 2 when a command fails or is refused;
+130 when a pull was cancelled.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Protocol
 from opta_lmx.config import default_data_dir
 from opta_lmx.ctl import render
 from opta_lmx.ctl.local import Client, NotRunning
+from opta_lmx.ctl.pull import PullRefused, pull
 from opta_lmx.ctl.remote import HttpClient, Refused, Unsupported
 from opta_lmx.proto import (
     CommandResult,
@@ -39,6 +43,7 @@ from opta_lmx.proto import (
     MemoryReply,
     ModelsReply,
     Reload,
+    RemoveModel,
     Restart,
     ShutdownServer,
     Signal,
@@ -147,6 +152,10 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-f", "--follow", action="store_true")
     tail.add_argument("name")
     commands.add_parser("reload", help="re-read the config file")
+    pull_command = commands.add_parser("pull", help="download a model from the Hugging Face hub into the server's data dir")
+    pull_command.add_argument("repo", help="ORG/NAME or ORG/NAME@REVISION")
+    pull_command.add_argument("--quant", help="for a repository of GGUF files: which quantization (default Q4_K_M)")
+    commands.add_parser("rm", help="delete a local model from disk").add_argument("name")
     commands.add_parser("shutdown", help="stop the service")
     return parser
 
@@ -171,6 +180,10 @@ def _run(client: Control, args: argparse.Namespace) -> int:
             return _tail(client, args.name, args.follow)
         case "reload":
             return _result(client.call(Reload(), _SLOW_MS))
+        case "pull":
+            return pull(client, args.repo, args.quant)
+        case "rm":
+            return _result(client.call(RemoveModel(args.name), _SLOW_MS))
         case "shutdown":
             return _result(client.call(ShutdownServer()))
     raise AssertionError(args.command)
@@ -198,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except (Refused, Unsupported) as exc:
         print(f"lmxctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except PullRefused as exc:
+        return _result(exc.reply)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -18,16 +18,22 @@ import msgspec
 
 from opta_lmx.ctl.local import QUICK_MS, NotRunning
 from opta_lmx.proto import (
+    CancelPull,
     CommandResult,
     ControlReply,
     ControlRequest,
     GetMemory,
     GetModels,
+    GetPulls,
     GetStatus,
     MemoryReply,
     ModelInfo,
     ModelsReply,
+    PullJob,
+    PullModel,
+    PullsReply,
     Reload,
+    RemoveModel,
     Restart,
     Signal,
     Start,
@@ -97,6 +103,19 @@ class HttpClient:
                 return TailReply(text=body["text"], offset=body["offset"])
             case Reload():
                 return self._command("/admin/config/reload", timeout)
+            case PullModel(repo=repo, revision=revision, quant=quant):
+                body = self._request("POST", "/admin/models/pull", timeout, {"repo": repo, "revision": revision, "quant": quant})
+                return PullsReply([msgspec.convert(body, PullJob)])
+            case GetPulls(id=None):
+                body = self._request("GET", "/admin/models/pull", timeout)
+                return PullsReply([msgspec.convert(job, PullJob) for job in body["jobs"]])
+            case GetPulls(id=job_id):
+                return PullsReply([msgspec.convert(self._request("GET", f"/admin/models/pull/{quote(job_id or '', safe='')}", timeout), PullJob)])
+            case CancelPull(id=job_id):
+                return self._command(f"/admin/models/pull/{quote(job_id, safe='')}/cancel", timeout)
+            case RemoveModel(name=name):
+                body = self._request("DELETE", _model_path(name), timeout)
+                return CommandResult(ok=True, message=body.get("message", ""))
         raise Unsupported(f"{type(message).__name__} is available on this machine's control socket only")
 
     def _models(self, name: str | None, timeout: float) -> list[ModelInfo]:

@@ -21,9 +21,11 @@ from opta_lmx.proto import (
     ControlReply,
     ControlRequest,
     EnsureLoaded,
+    Event,
     GetStatus,
     KeepAlive,
     ModelStatus,
+    PullJob,
     StatusReply,
 )
 
@@ -53,6 +55,7 @@ class ModelTable:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[ModelStatus], None]] = []
+        self._pull_listeners: list[Callable[[PullJob], None]] = []
 
     async def start(self) -> None:
         sub = self._context.socket(zmq.SUB)
@@ -78,6 +81,21 @@ class ModelTable:
         """Call ``listener`` with every status that changes what the table holds (newer than
         the one it had; ``removed`` ones too), from the snapshot and the events alike."""
         self._listeners.append(listener)
+
+    def listen_pulls(self, listener: Callable[[PullJob], None]) -> None:
+        """Call ``listener`` with every pull job the supervisor publishes, after the statuses
+        published before it (a job ``done`` comes after the statuses of its rescan)."""
+        self._pull_listeners.append(listener)
+
+    async def caught_up(self, seq: int, timeout: float) -> None:
+        """Until the events up to ``seq`` are applied (at most ``timeout`` seconds): what a
+        command's reply says happened is then visible here too."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: self._seen_seq >= seq)
+        except TimeoutError:
+            pass
 
     async def command(self, request: ControlRequest, timeout: float = _CONTROL_TIMEOUT) -> ControlReply:
         """The supervisor's reply to one control command; ``WorkerUnavailable`` if none comes
@@ -175,12 +193,23 @@ class ModelTable:
         return reply.models if isinstance(reply, StatusReply) else []
 
     async def _follow(self, sub: zmq.asyncio.Socket) -> None:
-        decoder = msgspec.msgpack.Decoder(ModelStatus)
+        decoder = msgspec.msgpack.Decoder(Event)
         try:
             while True:
-                await self._apply(decoder.decode(await sub.recv()))
+                event = decoder.decode(await sub.recv())
+                if isinstance(event, PullJob):
+                    self._tell_pull(event)
+                else:
+                    await self._apply(event)
         finally:
             sub.close(linger=0)
+
+    def _tell_pull(self, job: PullJob) -> None:
+        for listener in self._pull_listeners:
+            try:
+                listener(job)
+            except Exception:  # a listener's bug must not stop the table following events
+                log.exception("pull listener failed")
 
     async def _apply(self, status: ModelStatus) -> None:
         old = self._statuses.get(status.name)

@@ -39,8 +39,10 @@ def openapi_document(routes: list[BaseRoute], models: list[str] = []) -> dict[st
             model_field["examples"] = list(models)
     paths: dict[str, dict[str, Any]] = {}
     for route in described:
+        # OpenAPI's templates name the parameter only: Starlette's convertor (":path") is left out.
+        template = _PATH_PARAM.sub(r"{\1}", route.path)
         for method in sorted(m for m in route.methods or () if m != "HEAD"):
-            paths.setdefault(route.path, {})[method.lower()] = _operation(route, method, body_schema)
+            paths.setdefault(template, {})[method.lower()] = _operation(route, method, body_schema)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Opta-LMX", "version": __version__},

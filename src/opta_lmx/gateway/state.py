@@ -13,7 +13,7 @@ from opta_lmx.errors import ServerShuttingDown
 from opta_lmx.gateway.link import WorkerLink
 from opta_lmx.gateway.metrics.registry import GatewayMetrics
 from opta_lmx.gateway.models import ModelTable
-from opta_lmx.gateway.status_feed import StatusFeed
+from opta_lmx.gateway.status_feed import PullFeed, StatusFeed
 from opta_lmx.runtime import Runtime
 
 log = logging.getLogger("opta_lmx.gateway")
@@ -35,6 +35,9 @@ class GatewayState:
         self.metrics = GatewayMetrics()
         self.models.listen(self.feed.publish)
         self.models.listen(self.metrics.on_status)
+        # The pull jobs' progress streams.
+        self.pulls = PullFeed()
+        self.models.listen_pulls(self.pulls.publish)
 
     def _reread_config(self, version: int) -> None:
         """The supervisor reloaded its config: take the new models, aliases and presets."""
@@ -49,6 +52,7 @@ class GatewayState:
         """End every open request now with a terminal ``server_shutdown`` error."""
         self.shutting_down = True
         self.feed.close()
+        self.pulls.close()
         self.link.fail_all(ServerShuttingDown("The server is shutting down; retry shortly."))
 
     def close(self) -> None:

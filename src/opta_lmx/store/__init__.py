@@ -2,8 +2,8 @@
 Hugging Face directories (convert), removed (remove), and the default model.
 
 Modules that import mlx (``convert``, ``gguf_import``) run only in command-line processes; the
-supervisor reaches the store through ``inventory``, which reads headers and imports neither mlx
-nor numpy.
+supervisor reaches the store through ``local.LocalStore`` (``inventory``, ``pull``, ``remove``),
+which reads headers, moves bytes and deletes files, and imports neither mlx nor numpy.
 """
 
 # Written into every directory the GGUF importer makes: what it was made from, and by which

@@ -18,9 +18,8 @@ from opta_lmx.errors import ConfigError, ModelStoreError
 from opta_lmx.store.inventory import LocalModel, StoreRoots, find, scan
 
 if TYPE_CHECKING:
+    from opta_lmx.proto import ControlReply, ControlRequest
     from opta_lmx.store.pull import Pull
-
-_ALIVE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
 @dataclass(frozen=True)
@@ -148,12 +147,22 @@ def _sigint_cancels(pull: Pull) -> Iterator[None]:
 
 
 def _remove(args: argparse.Namespace, context: StoreContext) -> int:
+    """Through the running server's supervisor when there is one (it knows what is loaded, and
+    no load can start while it deletes); else here."""
+    from opta_lmx.proto import CommandResult, RemoveModel
     from opta_lmx.store.remove import remove_model
 
-    model = find(context.inventory(), args.name)
-    remove_model(model, lambda m: _loaded_names(context, m), context.hf_cache)
-    print(f"removed {model.name} ({model.path})")
-    _tell_server(context, f"no longer serving {model.name}")
+    reply = _ask_server(context, RemoveModel(args.name), timeout_ms=120_000)
+    if reply is None:
+        model = find(context.inventory(), args.name)
+        remove_model(model, lambda m: [], context.hf_cache)
+        print(f"removed {model.name} ({model.path})")
+        return 0
+    assert isinstance(reply, CommandResult)
+    if not reply.ok:
+        raise ModelStoreError(reply.message)
+    print(reply.message)
+    print(f"the running server is no longer serving {args.name}")
     return 0
 
 
@@ -189,65 +198,35 @@ def _models(args: argparse.Namespace, context: StoreContext) -> int:
 # -- a running server --------------------------------------------------------------------------
 
 
-def _server_states(context: StoreContext) -> dict[str, str]:
-    """Each model's state in the running server, {} when none runs."""
+def _ask_server(context: StoreContext, request: ControlRequest, timeout_ms: int = 5000) -> ControlReply | None:
+    """The running server's supervisor's reply, None when no server runs."""
     from opta_lmx.ctl import Client, NotRunning
-    from opta_lmx.proto import GetStatus, StatusReply
 
     try:
         client = Client(context.data_dir)
     except NotRunning:
-        return {}
+        return None
     try:
-        reply = client.call(GetStatus())
+        return client.call(request, timeout_ms=timeout_ms)
     except NotRunning:
-        return {}
+        return None
     finally:
         client.close()
+
+
+def _server_states(context: StoreContext) -> dict[str, str]:
+    """Each model's state in the running server, {} when none runs."""
+    from opta_lmx.proto import GetStatus, StatusReply
+
+    reply = _ask_server(context, GetStatus())
     return {s.name: s.state for s in reply.models} if isinstance(reply, StatusReply) else {}
-
-
-def _loaded_names(context: StoreContext, model: LocalModel) -> list[str]:
-    """The running server's loaded models whose path is ``model``'s."""
-    states = _server_states(context)
-    if not states:
-        return []
-    same = {model.name} | set(_names_for_path(context, model.path))
-    return sorted(name for name in same if states.get(name) in _ALIVE)
-
-
-def _names_for_path(context: StoreContext, path: Path) -> Iterator[str]:
-    """From the running server's effective config (in its runtime directory)."""
-    from opta_lmx.runtime import Runtime, control_address_file
-
-    try:
-        address = control_address_file(context.data_dir).read_text().strip()
-        if not address.startswith("ipc://"):
-            return
-        effective = Runtime(Path(address.removeprefix("ipc://")).parent).config_path
-        models = json.loads(effective.read_text()).get("models", [])
-    except (OSError, ValueError):
-        return
-    for entry in models:
-        if Path(entry["path"]).expanduser().resolve() == path.resolve():
-            yield entry["name"]
 
 
 def _tell_server(context: StoreContext, what: str) -> None:
     """Have a running server look at the disk again; say so."""
-    from opta_lmx.ctl import Client, NotRunning
     from opta_lmx.proto import CommandResult, Rescan
 
-    try:
-        client = Client(context.data_dir)
-    except NotRunning:
-        return
-    try:
-        reply = client.call(Rescan(), timeout_ms=60_000)
-    except NotRunning:
-        return
-    finally:
-        client.close()
+    reply = _ask_server(context, Rescan(), timeout_ms=60_000)
     if isinstance(reply, CommandResult) and reply.ok and context.config.server.serve_local_models:
         print(f"the running server is {what}")
 

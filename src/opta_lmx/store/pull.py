@@ -69,6 +69,9 @@ class PullStatus:
     current_file: str = ""
     done_bytes: int = 0
     total_bytes: int = 0
+    # The file being fetched: its size and the bytes of it already here.
+    file_done: int = 0
+    file_bytes: int = 0
     message: str = ""  # what happened (done or failed)
     path: str = ""  # the model, once done
     name: str = ""  # the model's name, once done
@@ -172,8 +175,8 @@ class Pull:
         from huggingface_hub.utils import build_hf_headers
 
         self._check_cancelled()
-        self._update(current_file=remote.path)
         self._file_done = 0
+        self._update(current_file=remote.path, file_done=0, file_bytes=remote.size)
         local = self.partial_dir / remote.path
         if local.is_file():
             try:
@@ -210,7 +213,8 @@ class Pull:
 
     def _count_file(self, remote: RemoteFile) -> None:
         with self._lock:
-            self._status = replace(self._status, done_bytes=self._status.done_bytes - self._file_done + remote.size)
+            done = self._status.done_bytes - self._file_done + remote.size
+            self._status = replace(self._status, done_bytes=done, file_done=remote.size)
 
     def _install(self, files: list[RemoteFile], target: Path, gguf: bool) -> None:
         for stale in self.partial_dir.rglob("*.part"):
@@ -236,7 +240,9 @@ class Pull:
         self._check_cancelled()
         self._file_done += n
         with self._lock:
-            self._status = status = replace(self._status, done_bytes=self._status.done_bytes + n)
+            self._status = status = replace(
+                self._status, done_bytes=self._status.done_bytes + n, file_done=self._file_done
+            )
         if self._on_progress is not None:
             self._on_progress(status)
 

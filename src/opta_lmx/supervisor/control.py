@@ -14,16 +14,20 @@ import zmq.asyncio
 
 from opta_lmx.errors import ConfigError
 from opta_lmx.proto import (
+    CancelPull,
     CommandResult,
     ControlReply,
     ControlRequest,
     EnsureLoaded,
     GetMemory,
     GetModels,
+    GetPulls,
     GetStatus,
     KeepAlive,
     ModelsReply,
+    PullModel,
     Reload,
+    RemoveModel,
     Rescan,
     Restart,
     ShutdownServer,
@@ -34,6 +38,7 @@ from opta_lmx.proto import (
     Tail,
     TailReply,
 )
+from opta_lmx.supervisor.removal import remove_model
 from opta_lmx.supervisor.reports import memory_report, model_info
 from opta_lmx.supervisor.states import State
 
@@ -92,6 +97,8 @@ async def handle(supervisor: Supervisor, request: ControlRequest) -> ControlRepl
         return ModelsReply([model_info(supervisor, w) for w in supervisor.workers.values()])
     if isinstance(request, GetMemory) and request.model is None:
         return memory_report(supervisor, None)
+    if isinstance(request, PullModel | GetPulls | CancelPull | RemoveModel):
+        return await _store_command(supervisor, request)
     target = request.model if isinstance(request, GetMemory) else request.name
     worker = supervisor.workers.get(target) if target is not None else None
     if worker is None:
@@ -123,6 +130,20 @@ async def handle(supervisor: Supervisor, request: ControlRequest) -> ControlRepl
         case GetMemory():
             return memory_report(supervisor, worker)
     return CommandResult(ok=False, message=f"unknown command {request!r}", code="unknown_command")
+
+
+async def _store_command(supervisor: Supervisor, request: PullModel | GetPulls | CancelPull | RemoveModel) -> ControlReply:
+    pulls = supervisor.pulls
+    if pulls is None:
+        return CommandResult(ok=False, message="this server has no model store", code="unsupported")
+    match request:
+        case PullModel():
+            return pulls.start(request)
+        case GetPulls(id=job_id):
+            return pulls.get(job_id)
+        case CancelPull(id=job_id):
+            return pulls.cancel(job_id)
+    return await remove_model(supervisor, request.name)
 
 
 async def _ensure_loaded(supervisor: Supervisor, worker: WorkerProcess) -> CommandResult:

@@ -23,10 +23,12 @@ import zmq
 import zmq.asyncio
 
 from opta_lmx.config import Config, ModelConfig, budget_bytes, with_local_models
-from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, Trim, WorkerCommand, WorkerReport
+from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, PullJob, Trim, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
 from opta_lmx.supervisor import memory_policy as policy
 from opta_lmx.supervisor.control import serve_control
+from opta_lmx.supervisor.model_store import ModelStore
+from opta_lmx.supervisor.pull_jobs import PullJobs
 from opta_lmx.supervisor.spare_pool import SparePool
 from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, spawn, terminate
 from opta_lmx.supervisor.states import State
@@ -42,8 +44,6 @@ _TRIM_COOLDOWN = 10.0
 _SPARE_DELAY = 3.0
 
 ConfigSource = Callable[[], Config]
-# The models found on disk for a config (its [store] settings), as entries to serve by name.
-LocalModels = Callable[[Config], list[ModelConfig]]
 
 
 class Supervisor:
@@ -53,12 +53,13 @@ class Supervisor:
         data_dir: Path,
         runtime: Runtime,
         reload_source: ConfigSource | None,
-        local_models: LocalModels | None = None,
+        store: ModelStore | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.runtime = runtime
         self.reload_source = reload_source
-        self._local_models = local_models
+        # The models on disk: served by name, pulled, removed (None: the configured ones only).
+        self.store = store
         # What the config file says; ``config`` is that plus the models found on disk.
         self.configured = config
         self.config = self._effective(config)
@@ -81,6 +82,8 @@ class Supervisor:
         )
         self.workers: dict[str, WorkerProcess] = {m.name: self._make_worker(m) for m in self.config.models}
         self._admission = asyncio.Lock()
+        self._reloading = asyncio.Lock()
+        self.pulls = PullJobs(store, self.publish_pull, lambda: self._seq, self._pulled) if store else None
         self._stopping_tasks: dict[str, asyncio.Task[None]] = {}
         self._trimmed_at: dict[str, float] = {}
         self._over_hard = 0
@@ -141,6 +144,8 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.pulls is not None:
+            self.pulls.cancel_all()
         await asyncio.gather(
             self.spares.stop(self.config.supervisor.stop_grace),
             *(w.stop("server shutdown", drain=False, cause="shutdown") for w in self.workers.values()),
@@ -167,6 +172,9 @@ class Supervisor:
         self._seq += 1
         removed = ModelStatus(name, State.STOPPED.value, self._seq, removed=True, config_version=self.config_version)
         self._events.send(self._encoder.encode(removed))
+
+    def publish_pull(self, job: PullJob) -> None:
+        self._events.send(self._encoder.encode(job))
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status_of(w) for w in self.workers.values()]
@@ -195,6 +203,12 @@ class Supervisor:
                 worker.on_report(int(generation), report)
 
     # -- loading within the budget ---------------------------------------------------------
+
+    @property
+    def admission(self) -> asyncio.Lock:
+        """Held by every load from its decision until its worker started: whoever holds it knows
+        no worker starts meanwhile."""
+        return self._admission
 
     def estimate(self, worker: WorkerProcess) -> int:
         """The admission estimate of ``worker``'s memory need, in bytes."""
@@ -313,10 +327,10 @@ class Supervisor:
 
     def _effective(self, config: Config) -> Config:
         """``config`` with the models on disk added (``serve_local_models``), configured ones winning."""
-        if not config.server.serve_local_models or self._local_models is None:
+        if not config.server.serve_local_models or self.store is None:
             return config
         try:
-            local = self._local_models(config)
+            local = self.store.local_models(config)
         except Exception:  # a scan failure must not stop the configured models from serving
             log.exception("scanning for local models failed")
             local = []
@@ -326,8 +340,18 @@ class Supervisor:
         """Look for models on disk again (after a pull or a delete) and serve what changed."""
         return await self.reload(self.configured)
 
+    async def _pulled(self, path: Path) -> str:
+        """After a pull: rescan, and the name the model at ``path`` is served under ("" if none)."""
+        await self.rescan()
+        return next((m.name for m in self.config.models if Path(m.path).expanduser().resolve() == path.resolve()), "")
+
     async def reload(self, configured: Config) -> CommandResult:
-        """Apply a new config: add, remove and replace changed models; unchanged workers stay."""
+        """Apply a new config: add, remove and replace changed models; unchanged workers stay.
+        One reload at a time (a pull may finish while an operator reloads)."""
+        async with self._reloading:
+            return await self._reload(configured)
+
+    async def _reload(self, configured: Config) -> CommandResult:
         new = await asyncio.to_thread(self._effective, configured)
         self.configured = configured
         old = {name: w.model for name, w in self.workers.items()}
@@ -387,19 +411,19 @@ def run_supervisor(
     config: Config,
     data_dir: Path,
     reload_source: ConfigSource | None = None,
-    local_models: LocalModels | None = None,
+    store: ModelStore | None = None,
 ) -> int:
     runtime = Runtime.create()
     try:
-        return asyncio.run(_main(config, data_dir, runtime, reload_source, local_models))
+        return asyncio.run(_main(config, data_dir, runtime, reload_source, store))
     finally:
         shutil.rmtree(runtime.directory, ignore_errors=True)
 
 
 async def _main(
-    config: Config, data_dir: Path, runtime: Runtime, reload_source: ConfigSource | None, local_models: LocalModels | None
+    config: Config, data_dir: Path, runtime: Runtime, reload_source: ConfigSource | None, store: ModelStore | None
 ) -> int:
-    return await Supervisor(config, data_dir, runtime, reload_source, local_models).run()
+    return await Supervisor(config, data_dir, runtime, reload_source, store).run()
 
 
 def main() -> int:

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from opta_lmx.gateway.admin import metrics, models, server
+from opta_lmx.gateway.admin import metrics, models, pulls, server
 from opta_lmx.gateway.admin.events import events
 from opta_lmx.gateway.endpoints import guarded, openai_error
 
 
 def routes() -> list[Route]:
-    # Commands on one model first: a model's name may contain "/", so {name:path} would also
-    # match ".../load" as a name.
+    # Pull jobs first, then commands on one model: a model's name may contain "/", so
+    # {name:path} would also match ".../load" as a name.
     endpoints = [
+        ("/admin/models/pull", pulls.start, "POST"),
+        ("/admin/models/pull", pulls.list_jobs, "GET"),
+        ("/admin/models/pull/{id:pull_id}", pulls.get_job, "GET"),
+        ("/admin/models/pull/{id:pull_id}/cancel", pulls.cancel, "POST"),
+        ("/admin/models/pull/{id:pull_id}/events", pulls.events, "GET"),
         ("/admin/models/{name:path}/load", models.load, "POST"),
         ("/admin/models/{name:path}/unload", models.unload, "POST"),
         ("/admin/models/{name:path}/restart", models.restart, "POST"),
@@ -26,6 +31,7 @@ def routes() -> list[Route]:
         ("/admin/models/{name:path}/log", models.log, "GET"),
         ("/admin/models", models.list_models, "GET"),
         ("/admin/models/{name:path}", models.get_model, "GET"),
+        ("/admin/models/{name:path}", pulls.remove, "DELETE"),
         ("/admin/memory", server.memory, "GET"),
         ("/admin/health", server.health, "GET"),
         ("/admin/config/reload", server.reload, "POST"),
@@ -33,4 +39,8 @@ def routes() -> list[Route]:
         ("/admin/metrics.json", metrics.metrics_json, "GET"),
         ("/metrics", metrics.prometheus, "GET"),
     ]
-    return [Route(path, guarded(endpoint, openai_error, admin=True), methods=[method]) for path, endpoint, method in endpoints]
+    bodies = {pulls.start: pulls.PullBody}  # for the OpenAPI document
+    return [
+        Route(path, guarded(endpoint, openai_error, admin=True, body=bodies.get(endpoint)), methods=[method])
+        for path, endpoint, method in endpoints
+    ]

@@ -13,16 +13,15 @@ from opta_lmx.gateway.endpoints import Endpoint, guarded
 from opta_lmx.gateway.ollama.chat import chat
 from opta_lmx.gateway.ollama.generate import generate
 from opta_lmx.gateway.ollama.models import ps, root, show, tags, version
+from opta_lmx.gateway.ollama.pull import DeleteRequest, PullRequest, delete, pull
 from opta_lmx.gateway.ollama.requests import ChatRequest, GenerateRequest, ShowRequest
 
-# Routes for what Opta-LMX does elsewhere or not at all: models come from its config file, and
-# embeddings are not served yet.
+# Routes for what Opta-LMX does another way or not at all: models come from the Hugging Face hub
+# or the config file, not from Ollama's registry or Modelfiles; embeddings are not served yet.
 _NOT_IMPLEMENTED = {
-    "/api/pull": ("POST", "models are configured in the server's config file ([[models]] path), not pulled"),
-    "/api/push": ("POST", "models are configured in the server's config file, not pushed to a registry"),
+    "/api/push": ("POST", "models are pulled from the Hugging Face hub or configured, not pushed to a registry"),
     "/api/create": ("POST", "models are configured in the server's config file ([[models]])"),
     "/api/copy": ("POST", "another name for a model is an alias in the server's config file"),
-    "/api/delete": ("DELETE", "models are configured in the server's config file; remove them there"),
     "/api/embed": ("POST", "embeddings are not served yet"),
     "/api/embeddings": ("POST", "embeddings are not served yet"),
 }
@@ -49,6 +48,8 @@ def routes() -> list[Route]:
         ("/api/ps", ps, ["GET"], None),
         ("/api/chat", chat, ["POST"], ChatRequest),
         ("/api/generate", generate, ["POST"], GenerateRequest),
+        ("/api/pull", pull, ["POST"], PullRequest),
+        ("/api/delete", delete, ["DELETE"], DeleteRequest),
         *((path, _not_implemented(path, why), [method], None) for path, (method, why) in _NOT_IMPLEMENTED.items()),
         (
             "/api/blobs/{digest}",

@@ -20,6 +20,7 @@ from opta_lmx.gateway.jobs import Target, choices, resolve, thinking
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.ollama.facts import ModelFacts
 from opta_lmx.gateway.ollama.model_files import read_model_files
+from opta_lmx.gateway.ollama.names import candidates
 from opta_lmx.gateway.ollama.options import sampling_params
 from opta_lmx.gateway.ollama.replies import STREAM, Reply, Timer
 from opta_lmx.gateway.ollama.requests import GenerationRequest, keep_alive_seconds
@@ -29,23 +30,20 @@ from opta_lmx.proto import Finished, TokenChunk, TokenLogprobs, ToolCall
 
 log = logging.getLogger("opta_lmx.gateway")
 
-_LATEST = ":latest"
 # States in which a model is loaded or loading: an unload request has something to unload.
 _ALIVE = ("STARTING", "RUNNING", "BACKOFF")
 
 
 def resolve_ollama(state: GatewayState, name: str) -> Target:
-    """The model ``name`` names; ``name:latest`` also names a model configured without a tag
-    (Ollama's default tag, which its clients add). Not found: Ollama's message, status 404."""
-    try:
-        return resolve(state, name)
-    except ModelNotFound:
-        if name.endswith(_LATEST):
-            try:
-                return resolve(state, name.removesuffix(_LATEST))
-            except ModelNotFound:
-                pass
-        raise ModelNotFound(f"model '{name}' not found", param="model") from None
+    """The model ``name`` names (``names.candidates``: ``name:latest`` also names a model
+    configured without a tag, ``hf.co/ORG/REPO:QUANT`` the model a pull of it made). Not found:
+    Ollama's message, status 404."""
+    for candidate in candidates(name, state.config):
+        try:
+            return resolve(state, candidate)
+        except ModelNotFound:
+            continue
+    raise ModelNotFound(f"model '{name}' not found", param="model")
 
 
 async def model_facts(target: Target) -> ModelFacts:
