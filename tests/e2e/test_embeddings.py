@@ -12,6 +12,7 @@ from typing import Iterator
 
 import httpx
 import numpy as np
+import ollama
 import openai
 import pytest
 
@@ -44,6 +45,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, minilm_model: Path, tiny_mo
 def client(server: Server) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=300) as sdk:
         yield sdk
+
+
+@pytest.fixture
+def ollama_client(server: Server) -> Iterator[ollama.Client]:
+    client = ollama.Client(host=server.base_url, timeout=300)
+    yield client
+    client.close()
 
 
 def rows(reply: openai.types.CreateEmbeddingResponse) -> np.ndarray:
@@ -124,6 +132,52 @@ def test_bad_embedding_requests_get_a_400_naming_the_problem(
     error = response.json()["error"]
     assert response.status_code == (404 if code == "model_not_found" else 400), error
     assert (error["code"], error["param"]) == (code, param) and message in error["message"]
+
+
+def test_ollama_embed_and_embeddings_give_the_models_vectors(client: openai.OpenAI, ollama_client: ollama.Client) -> None:
+    reply = ollama_client.embed(model="minilm", input=[CAT, KITTEN, STOCKS])
+    vectors = np.array(reply.embeddings)
+    assert vectors.shape == (3, 384) and reply.model == "minilm"
+    np.testing.assert_allclose(vectors, rows(client.embeddings.create(model="minilm", input=[CAT, KITTEN, STOCKS])), atol=1e-6)
+    assert vectors[0] @ vectors[1] > 0.5 > 0.2 > vectors[0] @ vectors[2]
+    assert reply.prompt_eval_count == 23
+    assert reply.total_duration is not None and reply.load_duration is not None
+    assert reply.total_duration >= reply.load_duration >= 0 and reply.total_duration > 0
+    one = ollama_client.embed(model="text-embedding-3-small", input=CAT)  # a string, by an alias
+    assert one.model == "text-embedding-3-small"
+    np.testing.assert_allclose(one.embeddings, vectors[:1], atol=1e-5)
+    older = ollama_client.embeddings(model="minilm", prompt=CAT)
+    np.testing.assert_allclose(older.embedding, vectors[0], atol=1e-5)
+    assert ollama_client.embed(model="minilm", input=[], options={"temperature": 0}).embeddings == []  # loads only
+    assert ollama_client.embeddings(model="minilm", prompt="").embedding == []
+
+
+def test_ollama_embed_cuts_long_inputs_unless_told_not_to(ollama_client: ollama.Client) -> None:
+    long = "cat " * 300
+    assert ollama_client.embed(model="minilm", input=long).prompt_eval_count == 256
+    assert len(ollama_client.embeddings(model="minilm", prompt=long).embedding) == 384
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama_client.embed(model="minilm", input=[CAT, long], truncate=False)
+    assert refused.value.status_code == 400 and "Input 1 has 302 tokens" in refused.value.error
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"input": ["a", ""]}, 400, "input 1 is an empty string"),
+        ({"input": "a", "dimensions": 64}, 400, "Matryoshka"),
+        ({"input": "a", "dimensions": 0}, 400, "dimensions"),
+        ({"input": 3}, 400, "input"),
+        ({"input": "a", "options": {"bogus": 1}}, 400, "bogus"),
+        ({"input": "a", "keep_alive": "soon"}, 400, "keep_alive"),
+        ({"input": "a", "model": "nope"}, 404, "model 'nope' not found"),
+        ({"input": "a", "model": ""}, 400, "model is required"),
+    ],
+)
+def test_bad_ollama_embed_requests_in_ollamas_error_shape(server: Server, body: dict, status: int, words: str) -> None:
+    response = httpx.post(f"{server.base_url}/api/embed", json={"model": "minilm", **body}, timeout=60)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"} and words in response.json()["error"]
 
 
 def test_the_wrong_kind_of_model_is_a_400(client: openai.OpenAI, server: Server) -> None:

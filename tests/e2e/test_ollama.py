@@ -297,7 +297,10 @@ CHAT = {
         ("/api/pull", {"model": "llama3"}, 400, "only Hugging Face models"),
         ("/api/pull", {"model": "hf.co/org/x", "quantize": "q4"}, 400, "quantize"),
         ("/api/create", {"model": "x"}, 501, "not implemented"),
-        ("/api/embed", {"model": "tiny", "input": "x"}, 501, "embeddings"),
+        ("/api/embed", {"model": "tiny", "input": "x"}, 400, "makes no embeddings"),
+        ("/api/embed", {"input": "x"}, 400, "model is required"),
+        ("/api/embed", {"model": "nope", "input": "x"}, 404, "not found"),
+        ("/api/embeddings", {"model": "tiny", "prompt": "x"}, 400, "makes no embeddings"),
     ],
 )
 def test_bad_input_in_ollamas_error_shape(server: Server, path: str, body: object, status: int, words: str) -> None:

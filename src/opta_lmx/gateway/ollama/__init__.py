@@ -11,19 +11,18 @@ from starlette.routing import Route
 from opta_lmx.errors import ApiError, EndpointNotImplemented
 from opta_lmx.gateway.endpoints import Endpoint, guarded
 from opta_lmx.gateway.ollama.chat import chat
+from opta_lmx.gateway.ollama.embed import EmbeddingsRequest, EmbedRequest, embed, embeddings
 from opta_lmx.gateway.ollama.generate import generate
 from opta_lmx.gateway.ollama.models import ps, root, show, tags, version
 from opta_lmx.gateway.ollama.pull import DeleteRequest, PullRequest, delete, pull
 from opta_lmx.gateway.ollama.requests import ChatRequest, GenerateRequest, ShowRequest
 
 # Routes for what Opta-LMX does another way or not at all: models come from the Hugging Face hub
-# or the config file, not from Ollama's registry or Modelfiles; embeddings are not served yet.
+# or the config file, not from Ollama's registry or Modelfiles.
 _NOT_IMPLEMENTED = {
     "/api/push": ("POST", "models are pulled from the Hugging Face hub or configured, not pushed to a registry"),
     "/api/create": ("POST", "models are configured in the server's config file ([[models]])"),
     "/api/copy": ("POST", "another name for a model is an alias in the server's config file"),
-    "/api/embed": ("POST", "embeddings are not served yet"),
-    "/api/embeddings": ("POST", "embeddings are not served yet"),
 }
 
 
@@ -48,6 +47,8 @@ def routes() -> list[Route]:
         ("/api/ps", ps, ["GET"], None),
         ("/api/chat", chat, ["POST"], ChatRequest),
         ("/api/generate", generate, ["POST"], GenerateRequest),
+        ("/api/embed", embed, ["POST"], EmbedRequest),
+        ("/api/embeddings", embeddings, ["POST"], EmbeddingsRequest),
         ("/api/pull", pull, ["POST"], PullRequest),
         ("/api/delete", delete, ["DELETE"], DeleteRequest),
         *((path, _not_implemented(path, why), [method], None) for path, (method, why) in _NOT_IMPLEMENTED.items()),
