@@ -14,8 +14,9 @@ from openapi_spec_validator import validate
 from opta_lmx.demo.builder import build_demo_model
 from tests.conftest import Server, model_config, served
 
-# Deliberate 501s (Ollama's model management and embeddings placeholders): not server errors.
-NOT_IMPLEMENTED = r"^/api/(pull|push|create|copy|delete|embed|embeddings|blobs)"
+# Left out of the fuzzing: deliberate 501s (Ollama's routes for what this server does not do), and
+# event streams that stay open until the client leaves (each call would wait out the timeout).
+EXCLUDED = r"^/api/(pull|push|create|copy|delete|embed|embeddings|blobs)|/events$"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,11 @@ def test_the_document_is_valid_openapi_and_lists_every_route(short_server: Serve
     document = httpx.get(f"{short_server.base_url}/openapi.json").json()
     validate(document)
     paths = document["paths"]
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/messages", "/v1/messages/count_tokens", "/api/chat", "/api/generate", "/api/show", "/api/tags"):
+    for path in (
+        "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/messages", "/v1/messages/count_tokens",
+        "/v1/responses", "/v1/responses/{response_id}", "/v1/embeddings", "/v1/rerank",
+        "/api/chat", "/api/generate", "/api/show", "/api/tags", "/admin/models/{name}/load", "/metrics",
+    ):
         assert path in paths, path
     chat = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert chat == {"$ref": "#/components/schemas/ChatCompletionRequest"}
@@ -45,8 +50,8 @@ def test_fuzzing_finds_no_server_error(short_server: Server) -> None:
         [
             sys.executable, "-m", "schemathesis.cli", "run", f"{short_server.base_url}/openapi.json",
             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,negative_data_rejection,unsupported_method",
-            "--max-examples", "60", "--seed", "1", "--generation-deterministic",
-            "--phases", "examples,coverage,fuzzing", "--exclude-path-regex", NOT_IMPLEMENTED,
+            "--max-examples", "40", "--seed", "1", "--generation-deterministic",
+            "--phases", "examples,coverage,fuzzing", "--exclude-path-regex", EXCLUDED,
             "--request-timeout", "60", "--suppress-health-check", "all", "--no-color",
         ],
         capture_output=True, text=True, timeout=900,

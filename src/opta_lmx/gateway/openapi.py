@@ -40,7 +40,8 @@ def openapi_document(routes: list[BaseRoute], models: list[str] = []) -> dict[st
     paths: dict[str, dict[str, Any]] = {}
     for route in described:
         for method in sorted(m for m in route.methods or () if m != "HEAD"):
-            paths.setdefault(route.path, {})[method.lower()] = _operation(route, method, body_schema)
+            # Starlette's {name:path} is OpenAPI's {name}.
+            paths.setdefault(_PATH_PARAM.sub(r"{\1}", route.path), {})[method.lower()] = _operation(route, method, body_schema)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Opta-LMX", "version": __version__},
