@@ -64,7 +64,8 @@ class MlxEngine:
 
     def __init__(self, model_name: str, path: str, options: EngineOptions = EngineOptions()) -> None:
         self.model_name = model_name
-        self._model, self._tokenizer, config = load(path, return_config=True)
+        template = {"chat_template": options.chat_template} if options.chat_template else None
+        self._model, self._tokenizer, config = load(path, tokenizer_config=template, return_config=True)
         self.ctx_len = int(config.get("max_position_embeddings") or _DEFAULT_CTX_LEN)
         self._eos = frozenset(self._tokenizer.eos_token_ids)
         self._options = options
