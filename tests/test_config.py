@@ -160,5 +160,7 @@ def test_options_of_the_other_engine_are_refused(tmp_path: Path) -> None:
     assert parse_config("[[models]]\nname='a'\npath='p'\nengine='x.y:Z'\n[models.options]\nslots=2").models[0].options.slots == 2
     with pytest.raises(ConfigError, match="slots must be 1-256"):
         parse_config(gguf + "slots=0")
+    with pytest.raises(ConfigError, match="n_batch .16. must be at least slots .32."):
+        parse_config(gguf + "slots=32\nn_batch=16")
     with pytest.raises(ConfigError, match="flash_attn"):
         parse_config(gguf + "flash_attn='maybe'")

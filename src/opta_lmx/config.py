@@ -255,6 +255,11 @@ def _check(config: Config, source: str) -> None:
                 f"{source}: model {model.name!r}: slots must be 1-256, n_batch and n_ubatch positive, "
                 "slot_context and threads >= 0"
             )
+        if options.n_batch < options.slots:
+            raise ConfigError(
+                f"{source}: model {model.name!r}: n_batch ({options.n_batch}) must be at least slots "
+                f"({options.slots}): every step decodes a token for each slot"
+            )
         misplaced = engine_option_errors(options, resolve_engine(model.engine, model.path))
         if misplaced:
             raise ConfigError(f"{source}: model {model.name!r} ({model.path}): {'; '.join(misplaced)}")

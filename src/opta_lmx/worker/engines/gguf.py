@@ -252,8 +252,9 @@ class GgufEngine:
         chosen: list[tuple[int, TokenLogprobs | None]] = [(-1, None)] * len(rows)
         plain = [i for i, r in enumerate(rows) if r.sampler.plain and r.top_logprobs is None]
         if plain:
-            for i, token in zip(plain, logits[plain].argmax(axis=1).tolist()):
-                chosen[i] = (token, None)
+            best = logits.argmax(axis=1).tolist()  # every row: cheaper than copying some out
+            for i in plain:
+                chosen[i] = (best[i], None)
         for i, request in enumerate(rows):
             if chosen[i][0] >= 0:
                 continue
