@@ -32,6 +32,7 @@ from opta_lmx.worker.engines.gguf_context import ContextSettings, DecodeError, S
 from opta_lmx.worker.engines.gguf_sampling import RowSampler, log_softmax
 from opta_lmx.worker.engines.gguf_tokenizer import GgufTokenizer, NoChatTemplate
 from opta_lmx.worker.grammar import GrammarError, Grammars
+from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.text_stream import TextStream
@@ -81,13 +82,12 @@ class GgufEngine:
         ))
         self.ctx_len = self._context.slot_context
         try:
-            self._tokenizer = GgufTokenizer(self._context.model, options.chat_template)
+            tokenizer = self._tokenizer = GgufTokenizer(self._context.model, options.chat_template)
+            if options.chat_template:  # a configured template that does not render fails the load
+                tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
         except Exception:
             self._context.close()
             raise
-        tokenizer = self._tokenizer
-        if options.chat_template:  # a configured template that does not render fails the load, not a request
-            tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
         self._eos = tokenizer.eos_token_ids
         self._reuse = options.prompt_cache_entries > 0
         self._slots = [_Slot() for _ in range(self._context.slots)]
@@ -144,22 +144,11 @@ class GgufEngine:
             # (as templates do with thinking switched off), so the constrained text is the answer.
             prompt = prompt + tokenizer.encode(f"{tokenizer.think_end}\n\n", add_special_tokens=False)
             reasoning = self._reasoning_splitter(prompt)
-        room = self.ctx_len - len(prompt)
-        if room <= 0 or not prompt:
-            return [
-                Failed(
-                    rid,
-                    "context_length_exceeded",
-                    f"This model's maximum context length is {self.ctx_len} tokens, but the "
-                    f"messages resulted in {len(prompt)} tokens.",
-                )
-            ]
+        try:
+            max_tokens = max_tokens_for(request, prompt, self.ctx_len, len(tokenizer))
+        except Refused as exc:
+            return [exc.failed]
         params = request.params
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        if max_tokens < 1:  # the gateway refuses these; a direct caller gets a clear answer
-            return [Failed(rid, "invalid_request", "max_tokens must be at least 1")]
-        if any(not 0 <= t < len(tokenizer) for t in (*(request.prompt_ids or ()), *params.logit_bias)):
-            return [Failed(rid, "invalid_request", f"token ids must be in 0..{len(tokenizer) - 1}")]
         entry = _Request(
             request_id=rid,
             prompt=prompt,
