@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import jsonschema
+import numpy as np
 import pytest
 
 from opta_lmx.config import EngineOptions
@@ -281,3 +282,18 @@ def test_gemma_base_model_completes_text_and_refuses_chat(gemma3_gguf: Path) -> 
         drain(gemma, Transcript())
     finally:
         gemma.close()
+
+
+def test_a_lark_grammar_allows_only_its_strings(engine: GgufEngine) -> None:
+    from opta_lmx.worker.grammar import GrammarError, lark_grammar
+
+    mask = engine._grammars.compile(lark_grammar('start: "Paris" | "Lyon"'))
+    pieces = engine._tokenizer.pieces
+    first = np.flatnonzero(mask.allowed(engine._context.n_vocab)).tolist()
+    assert first and all(any(w.startswith(pieces.piece(t).decode("utf-8", "replace")) for w in ("Paris", "Lyon")) for t in first)
+    for token in engine._tokenizer.encode("Paris", add_special_tokens=False):
+        mask.consume(token)
+    done = set(np.flatnonzero(mask.allowed(engine._context.n_vocab)).tolist())
+    assert done and done <= set(engine._tokenizer.eos_token_ids)  # nothing but the end may follow
+    with pytest.raises(GrammarError):
+        engine._grammars.compile(lark_grammar("start: undefined_rule"))
