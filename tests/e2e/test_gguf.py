@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -181,3 +182,22 @@ def test_kill_9_of_the_gguf_worker_mid_stream_is_survived(make_server, smollm2_g
         assert httpx.get(f"{server.base_url}/health").json()["models"] == {"m": "RUNNING"}
     finally:
         client.close()
+
+
+def test_admission_counts_the_kv_caches_a_gguf_model_allocates(make_server, smollm2_gguf: Path) -> None:
+    # Same weights twice: 8 slots of 4096 tokens need 720 MiB of KV cache, 1 slot of 512 about
+    # 11 MiB; with a 600 MiB budget only the second fits.
+    mib = 1024 * 1024
+    config = f"[memory]\nbudget = {600 * mib}\nkv_headroom = 0\nprocess_overhead = {128 * mib}\n" + "".join(
+        f'[[models]]\nname = "{name}"\npath = "{smollm2_gguf}"\nload_on_start = false\n[models.options]\nslots = {slots}\nslot_context = {ctx}\n'
+        for name, slots, ctx in (("big", 8, 4096), ("small", 1, 512))
+    )
+    server: Server = make_server(config)
+    server.wait_models({"big": "STOPPED", "small": "STOPPED"})
+    body = {"messages": PARIS, "max_tokens": 3, "temperature": 0}
+    refused = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "big", **body}, timeout=60)
+    assert refused.status_code == 507 and refused.json()["error"]["code"] == "insufficient_memory"
+    needed = int(re.search(r"needs about (\d+) MiB", refused.json()["error"]["message"]).group(1))  # type: ignore[union-attr]
+    assert needed >= 720 + 128
+    loaded = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "small", **body}, timeout=120)
+    assert loaded.status_code == 200, loaded.text
