@@ -22,11 +22,12 @@ import psutil
 import zmq
 import zmq.asyncio
 
-from opta_lmx.config import Config, ModelConfig, budget_bytes, with_local_models
+from opta_lmx.config import Config, ModelConfig, budget_bytes, gguf_file, resolve_engine, with_local_models
 from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, Trim, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
 from opta_lmx.supervisor import memory_policy as policy
 from opta_lmx.supervisor.control import serve_control
+from opta_lmx.supervisor.gguf_header import kv_cache_bytes
 from opta_lmx.supervisor.spare_pool import SparePool
 from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, spawn, terminate
 from opta_lmx.supervisor.states import State
@@ -199,9 +200,14 @@ class Supervisor:
     def estimate(self, worker: WorkerProcess) -> int:
         """The admission estimate of ``worker``'s memory need, in bytes."""
         memory = self.config.memory
-        return policy.estimate_need(
-            Path(worker.model.path), memory.weights_factor, memory.kv_headroom, memory.process_overhead
-        )
+        model = worker.model
+        kv = memory.kv_headroom
+        if resolve_engine(model.engine, model.path) == "gguf":  # its KV caches are allocated at load
+            try:
+                kv = kv_cache_bytes(gguf_file(model.path), model.options.slots, model.options.slot_context) or kv
+            except ValueError:  # no single model file: the worker's load will say so
+                pass
+        return policy.estimate_need(Path(model.path), memory.weights_factor, kv, memory.process_overhead)
 
     def budget(self) -> int:
         return budget_bytes(self.config.memory, psutil.virtual_memory().total)

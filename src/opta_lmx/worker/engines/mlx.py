@@ -30,6 +30,7 @@ from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars
 from opta_lmx.worker.engines.mlx_prompt_cache import PromptCache
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
 from opta_lmx.worker.engines.mlx_sequential import SequenceFailed, SequentialGenerator
+from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.text_stream import TextStream
@@ -64,7 +65,8 @@ class MlxEngine:
 
     def __init__(self, model_name: str, path: str, options: EngineOptions = EngineOptions()) -> None:
         self.model_name = model_name
-        self._model, self._tokenizer, config = load(path, return_config=True)
+        template = {"chat_template": options.chat_template} if options.chat_template else None
+        self._model, self._tokenizer, config = load(path, tokenizer_config=template, return_config=True)
         self.ctx_len = int(config.get("max_position_embeddings") or _DEFAULT_CTX_LEN)
         self._eos = frozenset(self._tokenizer.eos_token_ids)
         self._options = options
@@ -160,22 +162,11 @@ class MlxEngine:
             # (as templates do with thinking switched off), so the constrained text is the answer.
             prompt = prompt + self._tokenizer.encode(self._think[1] + "\n\n", add_special_tokens=False)
             reasoning = self._reasoning_splitter(prompt)
-        room = self.ctx_len - len(prompt)
-        if room <= 0 or not prompt:
-            return [
-                Failed(
-                    rid,
-                    "context_length_exceeded",
-                    f"This model's maximum context length is {self.ctx_len} tokens, but the "
-                    f"messages resulted in {len(prompt)} tokens.",
-                )
-            ]
+        try:
+            max_tokens = max_tokens_for(request, prompt, self.ctx_len, len(self._tokenizer))
+        except Refused as exc:
+            return [exc.failed]
         params = request.params
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        if max_tokens < 1:  # the gateway refuses these; a direct caller gets a clear answer
-            return [Failed(rid, "invalid_request", "max_tokens must be at least 1")]
-        if any(not 0 <= t < len(self._tokenizer) for t in (*(request.prompt_ids or ()), *params.logit_bias)):
-            return [Failed(rid, "invalid_request", f"token ids must be in 0..{len(self._tokenizer) - 1}")]
         cache, cached = self.prompt_cache.fetch(prompt)
         sampler = sampler_for(params)
         # The grammar's mask comes last: nothing after it may make a banned token likely.
