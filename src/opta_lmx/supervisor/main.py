@@ -225,8 +225,13 @@ class Supervisor:
         """Start ``worker`` if its estimated need fits, evicting idle workers LRU-first to make room.
 
         One admission at a time, so two loads never count the same free memory; a worker that is
-        already alive is left alone, so concurrent first requests share one load.
+        already alive is left alone, so concurrent first requests share one load. A worker that is
+        draining (evicted, unloaded when idle, swapped) is waited for, then loaded again: the
+        request that wants it is served, not refused because it came during the drain.
         """
+        if worker.state is State.STOPPING:
+            settings = self.config.supervisor
+            await worker.wait_settled(settings.drain_grace + settings.stop_grace + 5.0)
         async with self._admission:
             if worker.alive:
                 worker.last_used = time.monotonic()
