@@ -109,6 +109,12 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # conversation, a small one far more; a memory squeeze empties it anyway (trim).
     prompt_cache_entries: int = 10
     prompt_cache_bytes: int = 512 * 1024 * 1024
+    # The prompt cache's disk tier: caches leaving memory (least recently used, a memory squeeze,
+    # the worker's exit for a restart, swap or unload) are written to kv_disk_dir, at most
+    # kv_disk_bytes of them (least recently used removed first), and a later worker for the same
+    # weights starts from them. 0 disables it. "" is <data_dir>/kv/<model name>.
+    kv_disk_bytes: int = 8 * 1024**3
+    kv_disk_dir: str = ""
     # KV-cache quantization (bits per value, 0 = off), from the quantized_kv_start-th token of a
     # request on; and a draft model (path) for speculative decoding, proposing num_draft_tokens
     # tokens a step. mlx-lm's batch generator has neither, so either one makes the engine decode
@@ -214,12 +220,13 @@ def _check(config: Config, source: str) -> None:
             options.max_kv_size,
             options.prompt_cache_entries,
             options.prompt_cache_bytes,
+            options.kv_disk_bytes,
             options.quantized_kv_start,
             options.stream_interval_ms,
         ) < 0:
             raise ConfigError(
                 f"{source}: model {model.name!r}: options must be positive "
-                "(max_kv_size, prompt_cache_*, quantized_kv_start and stream_interval_ms >= 0)"
+                "(max_kv_size, prompt_cache_*, kv_disk_bytes, quantized_kv_start and stream_interval_ms >= 0)"
             )
         if options.kv_bits and options.max_kv_size:
             raise ConfigError(

@@ -94,6 +94,7 @@ class Supervisor:
             self.publish,
             self.send_to_worker,
             self.spares.take if self.config.supervisor.warm_spare else lambda: None,
+            self.data_dir / "kv",
         )
 
     def request_stop(self) -> None:

@@ -66,8 +66,10 @@ class WorkerProcess:
         on_change: Callable[[WorkerProcess], None],
         send: Callable[[str, WorkerCommand], None],
         take_spare: Callable[[], tuple[asyncio.subprocess.Process, str] | None] = lambda: None,
+        kv_root: Path | None = None,
     ) -> None:
         self.model = model
+        self._kv_root = kv_root  # the disk tier's default home: <data_dir>/kv
         self._settings = settings
         self._addresses = addresses
         self._death = death
@@ -334,8 +336,16 @@ class WorkerProcess:
             generation=self.generation,
             heartbeat_interval=self._settings.heartbeat_interval,
             log_path=str(self.log_path),
-            options=msgspec.json.encode(self.model.options),
+            options=self._options_json(),
         )
+
+    def _options_json(self) -> bytes:
+        """The model's engine options for the worker, the disk tier's directory filled in."""
+        options = self.model.options
+        if not options.kv_disk_dir and self._kv_root is not None:
+            directory = self._kv_root / self.name.replace("/", "_")
+            options = msgspec.structs.replace(options, kv_disk_dir=str(directory))
+        return msgspec.json.encode(options)
 
     def _argv(self) -> list[str]:
         return [
@@ -359,7 +369,7 @@ class WorkerProcess:
             "--heartbeat-interval",
             str(self._settings.heartbeat_interval),
             "--options",
-            msgspec.json.encode(self.model.options).decode(),
+            self._options_json().decode(),
         ]
 
     def _set(self, state: State, description: str) -> None:
