@@ -64,6 +64,10 @@ class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Keep one worker process started with its imports done and no model, so a load pays only
     # for the weights.
     warm_spare: bool = True
+    # Linux: a BLAS library workers preload (LD_PRELOAD) in place of the reference BLAS the
+    # mlx[cpu] wheel links. "auto": the system's OpenBLAS when there is one; "off": none; or a
+    # path. Read at start.
+    preload_blas: str = "auto"
 
 
 class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -203,6 +207,9 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: server.port must be 1-65535, got {config.server.port}")
     if config.server.max_body_bytes < 1024 or config.server.max_queued < 0:
         raise ConfigError(f"{source}: server.max_body_bytes must be at least 1024 and server.max_queued >= 0")
+    blas = config.supervisor.preload_blas
+    if blas not in ("auto", "off", "") and not os.path.isfile(blas):
+        raise ConfigError(f'{source}: supervisor.preload_blas: no such file {blas!r} (or "auto", "off")')
     memory = config.memory
     if memory.budget <= 0 or not 0 < memory.soft_limit <= memory.hard_limit <= 1:
         raise ConfigError(f"{source}: memory needs budget > 0 and 0 < soft_limit <= hard_limit <= 1")

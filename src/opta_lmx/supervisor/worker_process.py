@@ -67,8 +67,10 @@ class WorkerProcess:
         send: Callable[[str, WorkerCommand], None],
         take_spare: Callable[[], tuple[asyncio.subprocess.Process, str] | None] = lambda: None,
         kv_root: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.model = model
+        self._env = env  # the worker's environment (None: the supervisor's)
         self._kv_root = kv_root  # the disk tier's default home: <data_dir>/kv
         self._settings = settings
         self._addresses = addresses
@@ -276,7 +278,7 @@ class WorkerProcess:
             self.proc, spare_identity = spare
             self._send(spare_identity, self._load_command())
         else:
-            self.proc = await spawn(self._argv(), self.log_path, self._death)
+            self.proc = await spawn(self._argv(), self.log_path, self._death, self._env)
         self.started_at = time.time()
         self._set(State.STARTING, "loading" + (" (warm spare)" if spare else ""))
         failure = await self._wait_ready(self.proc)
