@@ -114,9 +114,9 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prompt_cache_entries: int = 10
     prompt_cache_bytes: int = 512 * 1024 * 1024
     # The prompt cache's disk tier: caches leaving memory (least recently used, a memory squeeze,
-    # the worker's exit for a restart, swap or unload) are written to kv_disk_dir, at most
-    # kv_disk_bytes of them (least recently used removed first), and a later worker for the same
-    # weights starts from them. 0 disables it. "" is <data_dir>/kv/<model name>.
+    # the worker's exit for a restart, swap or unload) are written to <kv_disk_dir>/<model name>,
+    # at most kv_disk_bytes of them (least recently used removed first), and a later worker for
+    # the same weights starts from them. 0 disables it. "" is <data_dir>/kv.
     kv_disk_bytes: int = 8 * 1024**3
     kv_disk_dir: str = ""
     # KV-cache quantization (bits per value, 0 = off), from the quantized_kv_start-th token of a

@@ -13,6 +13,7 @@ import pytest
 from opta_lmx.config import EngineOptions
 from opta_lmx.demo.builder import build_demo_model
 from opta_lmx.proto import ChatMessage, Finished, Generate
+from opta_lmx.worker.engines import mlx_kv_reuse
 from opta_lmx.worker.engines.mlx import MlxEngine
 from opta_lmx.worker.kv_disk import KVDiskStore
 from tests.worker.test_mlx_engine import Transcript, drain
@@ -23,12 +24,13 @@ LONG = [list(range(start, start + 40)) for start in (20, 120, 220, 320)]
 STORY = [ChatMessage("system", "You tell long stories about animals."), ChatMessage("user", "Tell me about a fox.")]
 
 
-def tiered(model: Path, directory: Path, **options: object) -> MlxEngine:
-    return MlxEngine("tiny", str(model), EngineOptions(kv_disk_dir=str(directory), **options))  # type: ignore[arg-type]
+def tiered(model: Path, directory: Path, name: str = "tiny", **options: object) -> MlxEngine:
+    return MlxEngine(name, str(model), EngineOptions(kv_disk_dir=str(directory), **options))  # type: ignore[arg-type]
 
 
 def files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.kv"))
+    """The disk tier's files of the model named "tiny" under ``directory`` (its kv_disk_dir)."""
+    return sorted((directory / "tiny").glob("*.kv"))
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +80,36 @@ def test_a_file_of_other_weights_and_a_torn_one_are_removed_at_start(
     directory, turn = first_turn
     other_model = build_demo_model(tmp_path / "other", "tiny", seed=1)
     other_dir = tmp_path / "other-kv"
-    other_dir.mkdir()
+    (other_dir / "tiny").mkdir(parents=True)
     (path,) = files(directory)
-    shutil.copy(path, other_dir / path.name)  # a file written for the seed-0 weights
-    (other_dir / "torn.kv").write_bytes(path.read_bytes()[:100])
+    shutil.copy(path, other_dir / "tiny" / path.name)  # a file written for the seed-0 weights
+    (other_dir / "tiny" / "torn.kv").write_bytes(path.read_bytes()[:100])
     engine = tiered(other_model, other_dir)
-    assert not list(other_dir.iterdir())
+    assert not list((other_dir / "tiny").iterdir())
     _, finished, _ = run(engine, turn)
     assert finished.cached_tokens == 0
+    # Another model under the same root has a directory of its own: the first one's file stays.
+    tiered(other_model, directory, name="other").close()
+    assert files(directory) == [path]
     # Options that change the KV make other caches too: a rotating cache's engine takes nothing.
     engine = tiered(tiny_model, directory, max_kv_size=1024)
     text, finished, _ = run(engine, turn)
     assert finished.cached_tokens == 0 and not files(directory)
+    assert text == run(uncached, turn)[0]
+
+
+def test_a_read_that_does_not_come_is_given_up(tiny_model: Path, first_turn, uncached, monkeypatch) -> None:
+    """The mechanism, not a timing: with the reader thread held and no patience left, the request
+    starts from what memory holds (nothing) and answers as without any cache."""
+    directory, turn = first_turn
+    held = threading.Event()
+    read_file = KVDiskStore._read_file
+    monkeypatch.setattr(KVDiskStore, "_read_file", lambda self, entry: held.wait() and read_file(self, entry))
+    monkeypatch.setattr(mlx_kv_reuse, "READ_PATIENCE", 0.0)
+    engine = tiered(tiny_model, directory)
+    text, finished, computed = run(engine, turn)
+    held.set()
+    assert (finished.cached_tokens, computed) == (0, finished.prompt_tokens)
     assert text == run(uncached, turn)[0]
 
 

@@ -71,7 +71,7 @@ class WorkerProcess:
     ) -> None:
         self.model = model
         self._env = env  # the worker's environment (None: the supervisor's)
-        self._kv_root = kv_root  # the disk tier's default home: <data_dir>/kv
+        self._kv_root = kv_root  # the disk tier's default root: <data_dir>/kv
         self._settings = settings
         self._addresses = addresses
         self._death = death
@@ -342,11 +342,10 @@ class WorkerProcess:
         )
 
     def _options_json(self) -> bytes:
-        """The model's engine options for the worker, the disk tier's directory filled in."""
+        """The model's engine options for the worker, the disk tier's root filled in."""
         options = self.model.options
         if not options.kv_disk_dir and self._kv_root is not None:
-            directory = self._kv_root / self.name.replace("/", "_")
-            options = msgspec.structs.replace(options, kv_disk_dir=str(directory))
+            options = msgspec.structs.replace(options, kv_disk_dir=str(self._kv_root))
         return msgspec.json.encode(options)
 
     def _argv(self) -> list[str]:

@@ -104,7 +104,7 @@ class MlxEngine:
         )
         entries = 0 if options.sequential else options.prompt_cache_entries
         self.prompt_cache = PromptCache(entries, options.prompt_cache_bytes)
-        self.kv = KVReuse(self.prompt_cache, DiskTier.open(path, options), self._model_caches)
+        self.kv = KVReuse(self.prompt_cache, DiskTier.open(model_name, path, options), self._model_caches)
         self._parked: list[_Request] = []
         self._requests: dict[int, _Request] = {}
         self._by_uid: dict[int, _Request] = {}

@@ -118,8 +118,9 @@ class DiskTier:
         self.store = store
 
     @classmethod
-    def open(cls, model_path: str, options: EngineOptions) -> DiskTier | None:
-        """The tier for this model per ``options`` (None when disabled or unusable: said once)."""
+    def open(cls, model_name: str, model_path: str, options: EngineOptions) -> DiskTier | None:
+        """The tier for this model per ``options``, in ``<kv_disk_dir>/<model name>`` (None when
+        disabled or unusable: said once)."""
         if not options.kv_disk_bytes or not options.kv_disk_dir or options.sequential:
             return None
         identity = weights_identity(
@@ -131,12 +132,11 @@ class DiskTier:
                 "max_kv_size": options.max_kv_size,
             },
         )
+        directory = Path(options.kv_disk_dir) / model_name.replace("/", "_")
         try:
-            store = KVDiskStore(
-                Path(options.kv_disk_dir), identity, options.kv_disk_bytes, max_pending=options.prompt_cache_bytes
-            )
+            store = KVDiskStore(directory, identity, options.kv_disk_bytes, max_pending=options.prompt_cache_bytes)
         except OSError as exc:
-            print(f"kv disk tier off: cannot use {options.kv_disk_dir}: {exc}", file=sys.stderr, flush=True)
+            print(f"kv disk tier off: cannot use {directory}: {exc}", file=sys.stderr, flush=True)
             return None
         return cls(store)
 
@@ -158,8 +158,9 @@ class DiskTier:
         return self.store.read(entry, usable)
 
     def finish_read(self, ticket: DiskRead, expected: LayerCaches) -> LayerCaches | None:
-        """The cache a finished read holds, or None (missing, corrupt: the file is gone)."""
-        if ticket.result is None:
+        """The cache a finished read holds, or None (missing, corrupt: the file is gone; or not
+        read yet: given up)."""
+        if not ticket.ready.is_set() or ticket.result is None:
             return None
         layout, payload = ticket.result
         ticket.result = None

@@ -19,7 +19,8 @@ short shared beginning is not worth waiting for a long prompt).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -32,6 +33,9 @@ from opta_lmx.worker.kv_disk import DiskRead, shared_prefix
 LayerCaches = list[Any]
 # Fewer shared tokens than this are not worth a wait, a disk read or a snapshot.
 MIN_SHARED = 32
+# A disk read that takes longer than this is given up (a stuck disk must not hold a request
+# forever): the request starts from what memory holds.
+READ_PATIENCE = 30.0
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Waiting:
     expected: int
     leader: int | None = None
     read: DiskRead | None = None
+    since: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -84,7 +89,7 @@ class KVReuse:
     @staticmethod
     def ready(waiting: Waiting, prefilling: set[int]) -> bool:
         if waiting.read is not None:
-            return waiting.read.ready.is_set()
+            return waiting.read.ready.is_set() or time.monotonic() - waiting.since > READ_PATIENCE
         return waiting.leader not in prefilling
 
     def start(self, prompt: list[int], waiting: Waiting | None = None) -> tuple[LayerCaches | None, int]:
