@@ -50,7 +50,9 @@ def session_figures(run: dict[str, Any]) -> dict[str, Any]:
         "latency_median": _median([t["latency_s"] for s in sessions.values() for t in s]),
         "max_shortfall": max(shortfalls) if shortfalls else None,
         "min_reuse": min(ratios) if ratios else None,
-        "computed": sum((t["prompt_tokens"] or 0) - (t["cached_tokens"] or 0) for t in run["turns"]),
+        # None when the server does not report cached tokens (then nothing is known of its reuse).
+        "computed": None if any(t["ok"] and t["cached_tokens"] is None for t in run["turns"]) else
+        sum((t["prompt_tokens"] or 0) - (t["cached_tokens"] or 0) for t in run["turns"]),
         "first_turn_cached": [s[0]["cached_tokens"] for s in sessions.values() if s],
     }
 
@@ -97,7 +99,7 @@ def _phase_table(title: str, servers: dict[str, dict[str, Any]]) -> list[str]:
         out.append(
             f"| {name} | {_fmt(f['wall_s'], 1)} | {_fmt(f['ttft_turn1'])} | {_fmt(f['ttft_turn2'])} | "
             f"{_fmt(f['ttft_last'])} | {_fmt(f['last_over_2'])} | {_fmt(f['ttft_median_later'])} | "
-            f"{_fmt(f['latency_median'])} | {f['computed']:,} | {', '.join(map(str, f['first_turn_cached']))} | "
+            f"{_fmt(f['latency_median'])} | {_fmt(f['computed'], 0)} | {', '.join(map(str, f['first_turn_cached']))} | "
             f"{_fmt(f['min_reuse'] and 100 * f['min_reuse'], 1)} % | {f['errors']} |")
         for sample in f["error_samples"]:
             out.append(f"|  | error: {sample[:200]} |||||||||||")
