@@ -77,6 +77,7 @@ def start(model_dir: Path, work: Path) -> Server:
     )
     port = free_port()
     env = dict(os.environ, OPTA_LMX_HOME=str(home))
+    (work / "serve.log").unlink(missing_ok=True)  # this run's log only: the report counts in it
     proc = _spawn([venv_bin("opta-lmx"), "serve", "--config", str(config), "--port", str(port)], work / "serve.log", env)
     server = Server("opta-lmx", f"http://127.0.0.1:{port}", "a", proc, work / "serve.log", home)
     deadline = time.monotonic() + 120
