@@ -342,12 +342,12 @@ class MlxEngine:
         self.tokens_generated += 1
         if token in self._eos:
             return "stop"
-        reasoning, text, calls = request.text.feed(token)
+        entry = None
         if request.top_logprobs is not None:
             entry = self._logprobs.entry(token, response.logprobs, request.top_logprobs)
-            out.append(TokenChunk(request.request_id, text, 1, [entry], reasoning, calls))
-        elif text or reasoning or calls:
-            out.append(TokenChunk(request.request_id, text, 1, None, reasoning, calls))
+        chunk = request.text.token_chunk(request.request_id, token, entry)
+        if chunk is not None:
+            out.append(chunk)
         if request.text.stopped:
             return "stop"
         if request.generated >= request.prepared.max_tokens:
@@ -356,16 +356,8 @@ class MlxEngine:
 
     def _finish(self, request: _Request, reason: str, out: list[FromWorker]) -> None:
         self._forget(request)
-        reasoning, tail, calls = request.text.finish()
-        if request.text.stopped:  # also when the held-back tail completed a stop string
-            reason = "stop"
-        if reason == "stop" and request.text.called:
-            reason = "tool_calls"
-        if tail or reasoning or calls:
-            out.append(TokenChunk(request.request_id, tail, 0, None, reasoning, calls))
-        stop = request.text.stop_sequence if reason == "stop" else None
-        out.append(
-            Finished(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens, stop)
+        out.extend(
+            request.text.ending(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens)
         )
 
     def _forget(self, request: _Request) -> None:
