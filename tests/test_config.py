@@ -138,3 +138,33 @@ def test_kv_quantization_and_draft_options_are_checked() -> None:
     assert parse_config(model + "draft_model='small'").models[0].options.sequential
     with pytest.raises(ConfigError, match="engine 'torch'"):
         parse_config("[[models]]\nname='a'\npath='p'\nengine='torch'")
+
+
+def test_options_of_the_other_engine_are_refused(tmp_path: Path) -> None:
+    gguf_dir = tmp_path / "g"
+    gguf_dir.mkdir()
+    (gguf_dir / "m.gguf").write_bytes(b"GGUF")
+    mlx = "[[models]]\nname='a'\npath='p'\n[models.options]\n"
+    gguf = f"[[models]]\nname='a'\npath='{gguf_dir / 'm.gguf'}'\n[models.options]\n"
+    with pytest.raises(ConfigError, match="slots applies to GGUF"):
+        parse_config(mlx + "slots=2")
+    with pytest.raises(ConfigError, match="flash_attn applies to GGUF"):
+        parse_config(mlx + "flash_attn='on'")
+    with pytest.raises(ConfigError, match="batch_size applies to MLX models only; kv_bits applies to MLX"):
+        parse_config(gguf + "batch_size=4\nkv_bits=8")
+    # A directory holding a GGUF is a GGUF model too, and "gguf" named outright.
+    with pytest.raises(ConfigError, match="max_kv_size applies to MLX"):
+        parse_config(f"[[models]]\nname='a'\npath='{gguf_dir}'\n[models.options]\nmax_kv_size=64")
+    with pytest.raises(ConfigError, match="draft_model applies to MLX"):
+        parse_config("[[models]]\nname='a'\npath='p'\nengine='gguf'\n[models.options]\ndraft_model='d'")
+    options = parse_config(gguf + "slots=4\nslot_context=1024\nthreads=1\nn_batch=256\nn_ubatch=128\nflash_attn='off'\nchat_template='x'\nprompt_cache_entries=0\nstream_interval_ms=0").models[0].options
+    assert (options.slots, options.slot_context, options.threads, options.flash_attn) == (4, 1024, 1, "off")
+    assert parse_config(mlx + "chat_template='x'\nbatch_size=4").models[0].options.chat_template == "x"  # both engines take it
+    # A plug-in engine takes what it takes.
+    assert parse_config("[[models]]\nname='a'\npath='p'\nengine='x.y:Z'\n[models.options]\nslots=2").models[0].options.slots == 2
+    with pytest.raises(ConfigError, match="slots must be 1-256"):
+        parse_config(gguf + "slots=0")
+    with pytest.raises(ConfigError, match="n_batch .16. must be at least slots .32."):
+        parse_config(gguf + "slots=32\nn_batch=16")
+    with pytest.raises(ConfigError, match="flash_attn"):
+        parse_config(gguf + "flash_attn='maybe'")

@@ -6,6 +6,7 @@ nothing below the command line reads the environment.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -66,6 +67,10 @@ class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Keep one worker process started with its imports done and no model, so a load pays only
     # for the weights.
     warm_spare: bool = True
+    # Linux: a BLAS library workers preload (LD_PRELOAD) in place of the reference BLAS the
+    # mlx[cpu] wheel links. "auto": the system's OpenBLAS when there is one; "off": none; or a
+    # path. Read at start.
+    preload_blas: str = "auto"
 
 
 class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -76,7 +81,8 @@ class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     soft_limit: float = 0.85
     hard_limit: float = 0.95
     hard_readings: int = 3
-    # Admission estimate: weights on disk x weights_factor + kv_headroom + process_overhead.
+    # Admission estimate: weights on disk x weights_factor + kv_headroom + process_overhead (for a
+    # GGUF model, its KV caches' size, known from its header and options, replaces kv_headroom).
     weights_factor: float = 1.2
     kv_headroom: int = 512 * 1024 * 1024
     process_overhead: int = 256 * 1024 * 1024
@@ -103,7 +109,8 @@ class Preset(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Performance options of a model's worker: the MLX engine's, and how it streams."""
+    """Options of a model's worker: the MLX engine's, the GGUF engine's, and how it streams.
+    An option of one engine set on a model of the other is refused (``engine_option_errors``)."""
 
     # Requests decoded together; more wait their turn.
     batch_size: int = 32
@@ -121,6 +128,12 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # conversation, a small one far more; a memory squeeze empties it anyway (trim).
     prompt_cache_entries: int = 10
     prompt_cache_bytes: int = 512 * 1024 * 1024
+    # The prompt cache's disk tier: caches leaving memory (least recently used, a memory squeeze,
+    # the worker's exit for a restart, swap or unload) are written to <kv_disk_dir>/<model name>,
+    # at most kv_disk_bytes of them (least recently used removed first), and a later worker for
+    # the same weights starts from them. 0 disables it. "" is <data_dir>/kv.
+    kv_disk_bytes: int = 8 * 1024**3
+    kv_disk_dir: str = ""
     # KV-cache quantization (bits per value, 0 = off), from the quantized_kv_start-th token of a
     # request on; and a draft model (path) for speculative decoding, proposing num_draft_tokens
     # tokens a step. mlx-lm's batch generator has neither, so either one makes the engine decode
@@ -136,17 +149,89 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream_interval_ms: float = 4.0
     # Requests waiting for a batch slot before new ones get 429 (-1: the server's max_queued).
     max_queued: int = -1
+    # GGUF (llama.cpp): requests decoded together, each in a slot with its own KV cache of
+    # slot_context tokens (0: the model's training context), allocated at load.
+    slots: int = 4
+    slot_context: int = 4096
+    # Threads of llama.cpp's compute (0: every core but one, which the gateway needs).
+    threads: int = 0
+    # Tokens per decode call (a step's new tokens and prompt chunks) and per compute pass.
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    # llama.cpp's flash attention: "auto", "on" or "off" (it changes greedy text a little).
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    # A Jinja chat template that replaces the model's own (a GGUF may have none).
+    chat_template: str = ""
 
     @property
     def sequential(self) -> bool:
         return bool(self.kv_bits or self.draft_model)
 
 
+# The options that mean something to one engine only (the others apply to both).
+_MLX_ONLY = (
+    "batch_size", "prefill_batch_size", "prefill_step_size", "max_kv_size", "prompt_cache_bytes",
+    "kv_bits", "kv_group_size", "quantized_kv_start", "draft_model", "num_draft_tokens",
+)
+_GGUF_ONLY = ("slots", "slot_context", "threads", "n_batch", "n_ubatch", "flash_attn")
+
+
+def engine_option_errors(options: EngineOptions, engine: str) -> list[str]:
+    """The options set (to other than their default) that ``engine`` ("mlx" or "gguf") has no
+    use for, each with the reason."""
+    other = _GGUF_ONLY if engine == "mlx" else _MLX_ONLY if engine == "gguf" else ()
+    default = EngineOptions()
+    wrong = [name for name in other if getattr(options, name) != getattr(default, name)]
+    kind = "GGUF (llama.cpp)" if engine == "mlx" else "MLX"
+    return [f"{name} applies to {kind} models only" for name in wrong]
+
+
+def gguf_file(path: str) -> Path:
+    """The GGUF file a model path names: the file itself, or the one model file in a directory
+    (of a split model, its first part; multimodal projectors, ``mmproj*``, are not the model)."""
+    location = Path(path).expanduser()
+    if not location.is_dir():
+        return location
+    found = sorted(p for p in location.glob("*.gguf") if not p.name.startswith("mmproj"))
+    models = [p for p in found if "-of-" not in p.stem or p.stem.split("-of-")[0].endswith("-00001")]
+    if len(models) != 1:
+        names = ", ".join(p.name for p in models) or "none"
+        raise ValueError(f"{path} must hold exactly one GGUF model file (found: {names})")
+    return models[0]
+
+
+# Encoders whose config.json says what they are; a sentence-transformers modules.json says it too.
+_ENCODER_ARCHITECTURES = ("BertModel", "BertForSequenceClassification")
+
+
+def resolve_engine(spec: str, path: str) -> str:
+    """``auto`` is ``gguf`` for a GGUF file (or a directory holding one), ``embedding`` for an
+    encoder (a sentence-transformers model, or a config.json naming a BERT encoder or
+    cross-encoder), ``mlx`` otherwise."""
+    if spec != "auto":
+        return spec
+    location = Path(path).expanduser()
+    is_gguf = location.suffix == ".gguf" or (location.is_dir() and any(location.glob("*.gguf")))
+    if is_gguf:
+        return "gguf"
+    return "embedding" if _is_encoder(location) else "mlx"
+
+
+def _is_encoder(location: Path) -> bool:
+    if (location / "modules.json").is_file():
+        return True
+    try:
+        architectures = json.loads((location / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False  # the engine's load says what is wrong with the files
+    return any(name in _ENCODER_ARCHITECTURES for name in architectures)
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
     # "auto" (GGUF files -> "gguf"; a sentence-transformers model or BERT encoder -> "embedding";
-    # else "mlx"), "mlx", "embedding", or "package.module:Class" (a plug-in).
+    # else "mlx"), "mlx", "gguf", "embedding", or "package.module:Class" (a plug-in).
     engine: str = "auto"
     # Other names clients may use for this model.
     aliases: list[str] = []
@@ -211,6 +296,9 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: server.port must be 1-65535, got {config.server.port}")
     if config.server.max_body_bytes < 1024 or config.server.max_queued < 0:
         raise ConfigError(f"{source}: server.max_body_bytes must be at least 1024 and server.max_queued >= 0")
+    blas = config.supervisor.preload_blas
+    if blas not in ("auto", "off", "") and not os.path.isfile(blas):
+        raise ConfigError(f'{source}: supervisor.preload_blas: no such file {blas!r} (or "auto", "off")')
     memory = config.memory
     if memory.budget <= 0 or not 0 < memory.soft_limit <= memory.hard_limit <= 1:
         raise ConfigError(f"{source}: memory needs budget > 0 and 0 < soft_limit <= hard_limit <= 1")
@@ -228,13 +316,27 @@ def _check(config: Config, source: str) -> None:
             options.max_kv_size,
             options.prompt_cache_entries,
             options.prompt_cache_bytes,
+            options.kv_disk_bytes,
             options.quantized_kv_start,
             options.stream_interval_ms,
         ) < 0:
             raise ConfigError(
                 f"{source}: model {model.name!r}: options must be positive "
-                "(max_kv_size, prompt_cache_*, quantized_kv_start and stream_interval_ms >= 0)"
+                "(max_kv_size, prompt_cache_*, kv_disk_bytes, quantized_kv_start and stream_interval_ms >= 0)"
             )
+        if not 1 <= options.slots <= 256 or min(options.slot_context, options.threads) < 0 or min(options.n_batch, options.n_ubatch) < 1:
+            raise ConfigError(
+                f"{source}: model {model.name!r}: slots must be 1-256, n_batch and n_ubatch positive, "
+                "slot_context and threads >= 0"
+            )
+        if options.n_batch < options.slots:
+            raise ConfigError(
+                f"{source}: model {model.name!r}: n_batch ({options.n_batch}) must be at least slots "
+                f"({options.slots}): every step decodes a token for each slot"
+            )
+        misplaced = engine_option_errors(options, resolve_engine(model.engine, model.path))
+        if misplaced:
+            raise ConfigError(f"{source}: model {model.name!r} ({model.path}): {'; '.join(misplaced)}")
         if options.kv_bits and options.max_kv_size:
             raise ConfigError(
                 f"{source}: model {model.name!r}: kv_bits and max_kv_size together are not supported "

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from opta_lmx.store.pull import PARTIAL_DIR
-from tests.conftest import Server, kill_tree, model_config
+from tests.conftest import Server, model_config, served
 from tests.support.hub import HubServer, StandInHub
 
 GGUF_REPO = "org/smol-GGUF"
@@ -46,18 +46,11 @@ def hub(tiny_model: Path, smollm2_gguf: Path) -> Iterator[HubServer]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, hub: HubServer) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("pulls"), "[supervisor]\nheartbeat_interval = 0.2\n" + model_config({"tiny": tiny_model}))
+    config = "[supervisor]\nheartbeat_interval = 0.2\n" + model_config({"tiny": tiny_model})
     with pytest.MonkeyPatch.context() as env:  # the supervisor pulls from the stand-in hub
         env.setenv("HF_ENDPOINT", hub.url)
-        srv.start()
-    try:
-        srv.wait_models()
-        yield srv
-    finally:
-        pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
-        srv.stop()
-        for pid in pids:
-            kill_tree(pid)
+        with served(tmp_path_factory.mktemp("pulls"), config) as srv:
+            yield srv
 
 
 @pytest.fixture
@@ -91,7 +84,7 @@ def wait_job(server: Server, job_id: str, until: tuple[str, ...] = ("done", "fai
         time.sleep(0.05)
 
 
-def served(server: Server) -> dict[str, str]:
+def serving(server: Server) -> dict[str, str]:
     return {m["id"]: m["state"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]}
 
 
@@ -137,10 +130,10 @@ def test_a_pull_job_is_followed_to_done_and_its_model_is_served(server: Server, 
     polled = wait_job(server, job["id"])
     assert (polled["state"], polled["model"], polled["done_bytes"]) == ("done", "org/tiny", done["done_bytes"])
     assert job["id"] in [j["id"] for j in admin(server, "GET", "/models/pull").json()["jobs"]]
-    assert served(server)["org/tiny"] == "not-loaded"
+    assert serving(server)["org/tiny"] == "not-loaded"
     with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0) as client:
         assert client.chat.completions.create(model="org/tiny", messages=HI, max_tokens=2).usage.completion_tokens > 0
-    assert served(server)["org/tiny"] == "loaded"
+    assert serving(server)["org/tiny"] == "loaded"
     # The pull ran in the supervisor, which still has neither mlx nor numpy loaded.
     assert server.proc is not None
     mapped = [m.path for m in psutil.Process(server.proc.pid).memory_maps()]
@@ -162,7 +155,7 @@ def test_a_cancelled_pull_leaves_no_model_and_the_next_pull_resumes(server: Serv
     assert (ended["state"], ended["error"]) == ("cancelled", "cancelled"), ended
     assert "partial download" in ended["message"] and "is kept" in ended["message"]
     assert not (server.home / "models" / GGUF_REPO).exists()
-    assert GGUF_REPO not in served(server)
+    assert GGUF_REPO not in serving(server)
     [part] = list((server.home / "models" / PARTIAL_DIR).rglob("*.part"))
     kept = part.stat().st_size
     assert 0 < kept < smollm2_gguf.stat().st_size
@@ -174,7 +167,7 @@ def test_a_cancelled_pull_leaves_no_model_and_the_next_pull_resumes(server: Serv
     assert resumed["state"] == "done" and resumed["model"] == GGUF_REPO, resumed
     assert (server.home / "models" / GGUF_REPO / smollm2_gguf.name).read_bytes() == smollm2_gguf.read_bytes()
     assert stand_in.ranges(smollm2_gguf.name)[-1] == f"bytes={kept}-"
-    assert served(server)[GGUF_REPO] == "not-loaded"
+    assert serving(server)[GGUF_REPO] == "not-loaded"
 
 
 def test_delete_is_refused_while_the_model_is_loaded(server: Server) -> None:
@@ -186,13 +179,13 @@ def test_delete_is_refused_while_the_model_is_loaded(server: Server) -> None:
     assert refused.status_code == 409, refused.text
     error = refused.json()["error"]
     assert error["code"] == "model_loaded" and "unload it first" in error["message"]
-    assert (server.home / "models" / "org" / "busy").is_dir() and served(server)["org/busy"] == "loaded"
+    assert (server.home / "models" / "org" / "busy").is_dir() and serving(server)["org/busy"] == "loaded"
     assert admin(server, "POST", "/models/org/busy/unload").status_code == 200
     removed = admin(server, "DELETE", "/models/org/busy")
     assert removed.status_code == 200, removed.text
     assert removed.json()["message"].startswith("removed org/busy")
     assert not (server.home / "models" / "org" / "busy").exists()
-    assert "org/busy" not in served(server)
+    assert "org/busy" not in serving(server)
     assert admin(server, "GET", "/models/org/busy").status_code == 404
     gone = admin(server, "DELETE", "/models/org/busy")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
@@ -240,11 +233,11 @@ def test_lmxctl_pull_and_rm_here_and_over_http(server: Server) -> None:
         assert pulled.returncode == 0, pulled.stderr
         path = server.home / "models" / repo
         assert pulled.stdout.strip() == f"{repo}: {path} (served as {repo})"
-        assert served(server)[repo] == "not-loaded"
+        assert serving(server)[repo] == "not-loaded"
         removed = lmxctl(*where, "rm", repo, env=env)
         assert removed.returncode == 0, removed.stderr
         assert removed.stdout.strip() == f"removed {repo} ({path})"
-        assert repo not in served(server) and not path.exists()
+        assert repo not in serving(server) and not path.exists()
         missing = lmxctl(*where, "pull", "org/nothing", env=env)
         assert missing.returncode == 2 and "repository org/nothing not found" in missing.stderr
         malformed = lmxctl(*where, "pull", "../x", env=env)
@@ -309,7 +302,7 @@ def test_ollama_delete_is_refused_while_the_model_is_loaded(server: Server, clie
     assert busy.value.status_code == 409 and "is loaded" in busy.value.error
     client.generate(model=name, keep_alive=0)  # unload
     deadline = time.monotonic() + 30
-    while served(server).get("org/ollama-tiny") == "loaded":
+    while serving(server).get("org/ollama-tiny") == "loaded":
         assert time.monotonic() < deadline
         time.sleep(0.1)
     for attempt in range(50):  # the worker may still be draining when the state changes
@@ -319,7 +312,7 @@ def test_ollama_delete_is_refused_while_the_model_is_loaded(server: Server, clie
         except ollama.ResponseError as exc:
             assert exc.status_code == 409 and attempt < 49, exc
             time.sleep(0.1)
-    assert "org/ollama-tiny" not in served(server)
+    assert "org/ollama-tiny" not in serving(server)
 
 
 def test_ollama_refuses_names_it_cannot_pull(server: Server, client: ollama.Client) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.conftest import NO_EOS, Server
 
@@ -38,15 +40,21 @@ preset = "short"
         client.close()
 
 
-def test_gguf_model_fails_to_load_with_a_clear_reason(make_server, tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_gguf_model_fails_to_load_with_a_clear_reason(make_server, tmp_path: Path) -> None:
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     settings = "[supervisor]\nbackoff_initial = 0.1\nmax_failures = 1\n"
     server: Server = make_server(settings + f'[[models]]\nname = "g"\npath = "{gguf}"\n')
     server.wait_models({"g": "FATAL"})
-    assert "GGUF models (llama-cpp-python) are not supported" in server.log() + (
-        server.home / "logs" / "g.log"
-    ).read_text()
+    assert "llama.cpp could not load" in server.log() + (server.home / "logs" / "g.log").read_text()
+
+
+def test_without_llama_cpp_python_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opta_lmx.worker.main import load_engine_class
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"pip install 'opta-lmx\[gguf\]'"):
+        load_engine_class("gguf")
 
 
 def test_engine_options_reach_the_engine(make_server, tiny_model: Path) -> None:

@@ -89,3 +89,14 @@ def test_estimate_counts_weights_factor_headroom_and_overhead(tmp_path: Path) ->
     (tmp_path / "config.json").write_text("{}")
     assert estimate_need(tmp_path, factor=1.5, kv_headroom=100, process_overhead=7) == 1500 + 100 + 7
     assert estimate_need(tmp_path / "missing", 1.5, 100, 7) == 107
+
+
+def test_a_gguf_models_kv_caches_are_sized_from_its_header(smollm2_gguf: Path) -> None:
+    from opta_lmx.supervisor.gguf_header import kv_cache_bytes
+
+    # SmolLM2-135M: 30 layers, 3 KV heads of 64 dimensions, K and V in f16.
+    per_token = 30 * 3 * (64 + 64) * 2
+    assert kv_cache_bytes(smollm2_gguf, 2, 1000) == 2 * 1024 * per_token  # rounded up to 256 tokens
+    assert kv_cache_bytes(smollm2_gguf, 1, 0) == 8192 * per_token  # 0: the training context
+    assert kv_cache_bytes(smollm2_gguf, 1, 100_000) == 8192 * per_token  # capped by it
+    assert kv_cache_bytes(smollm2_gguf.parent / "missing.gguf", 1, 0) is None

@@ -349,3 +349,10 @@ def test_prefill_counts_as_progress(tiny_model: Path, joined: bool) -> None:
     drain(engine, transcript)
     for rid in transcript.messages:
         transcript.check(rid)
+
+
+def test_a_configured_chat_template_replaces_the_models(tiny_model: Path) -> None:
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+    engine = MlxEngine("tiny", str(tiny_model), EngineOptions(chat_template=template))
+    prompt = engine.prompt_tokens(generate(1, "hi"))
+    assert engine._tokenizer.decode(prompt) == "[user] hi\n[assistant]"

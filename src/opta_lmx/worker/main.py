@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import msgspec
 import zmq
 
-from opta_lmx.config import EngineOptions
+from opta_lmx.config import EngineOptions, resolve_engine
 from opta_lmx.proto import PROTO_VERSION, LoadFailed, Ready
 from opta_lmx.runtime import exit_on_parent_death
 from opta_lmx.worker.engines.base import Engine
@@ -28,34 +26,8 @@ from opta_lmx.worker.engines.base import Engine
 EXIT_LOAD_FAILED = 3
 
 
-# Encoders whose config.json says what they are; a sentence-transformers modules.json says it too.
-_ENCODER_ARCHITECTURES = ("BertModel", "BertForSequenceClassification")
-
-
-def resolve_engine(spec: str, path: str) -> str:
-    """``auto`` is ``gguf`` for GGUF weights, ``embedding`` for an encoder (a sentence-transformers
-    model, or a config.json naming a BERT encoder or cross-encoder), ``mlx`` otherwise."""
-    if spec != "auto":
-        return spec
-    location = Path(path)
-    is_gguf = location.suffix == ".gguf" or (location.is_dir() and any(location.glob("*.gguf")))
-    if is_gguf:
-        return "gguf"
-    return "embedding" if _is_encoder(location) else "mlx"
-
-
-def _is_encoder(location: Path) -> bool:
-    if (location / "modules.json").is_file():
-        return True
-    try:
-        architectures = json.loads((location / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        return False  # the engine's load says what is wrong with the files
-    return any(name in _ENCODER_ARCHITECTURES for name in architectures)
-
-
 def load_engine_class(spec: str) -> Callable[[str, str, EngineOptions], Engine]:
-    """``mlx``, ``embedding`` or a plug-in ``package.module:Class`` built as
+    """``mlx``, ``gguf``, ``embedding`` or a plug-in ``package.module:Class`` built as
     ``Class(model_name, path, options)``."""
     if spec == "mlx":
         from opta_lmx.worker.engines.mlx import MlxEngine
@@ -66,7 +38,16 @@ def load_engine_class(spec: str) -> Callable[[str, str, EngineOptions], Engine]:
 
         return EmbeddingEngine
     if spec == "gguf":
-        raise NotImplementedError("GGUF models (llama-cpp-python) are not supported by this version yet")
+        try:
+            import llama_cpp  # noqa: F401  (the optional dependency: say which extra brings it)
+        except ImportError:
+            raise ImportError(
+                "GGUF models need llama-cpp-python, which is not installed: "
+                "pip install 'opta-lmx[gguf]'"
+            ) from None
+        from opta_lmx.worker.engines.gguf import GgufEngine
+
+        return GgufEngine
     module_name, _, class_name = spec.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -75,7 +56,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opta-lmx-worker")
     parser.add_argument("--model")
     parser.add_argument("--path")
-    parser.add_argument("--engine", default="auto", help='"auto", "mlx", "embedding" or "package.module:Class"')
+    parser.add_argument("--engine", default="auto", help='"auto", "mlx", "gguf", "embedding" or "package.module:Class"')
     parser.add_argument("--generation", type=int, default=0)
     parser.add_argument("--spare", type=int, default=None, help="start as warm spare number N")
     parser.add_argument("--data", required=True, help="gateway data ROUTER address")
@@ -157,6 +138,7 @@ def serve(context: zmq.Context, args: argparse.Namespace) -> int:
     ModelLoop(data, engine, heartbeats, options.stream_interval_ms / 1000).run()
     # The heartbeat thread owns the control socket: let it leave its poll before closing.
     heartbeats.stop_now()
+    engine.close()
     heartbeats.join(timeout=2 * args.heartbeat_interval + 1)
     data.close()
     context.destroy(linger=1000)

@@ -303,6 +303,9 @@ class EmbeddingEngine:
         gc.collect()
         mx.clear_cache()
 
+    def close(self) -> None:
+        """Nothing outlives an embedding worker: no cache is kept between requests."""
+
 
 def _ids(encoding: Encoding) -> tuple[list[int], list[int]]:
     return list(encoding.ids), list(encoding.type_ids)

