@@ -255,6 +255,11 @@ class Supervisor:
             settings = self.config.supervisor
             await worker.wait_settled(settings.drain_grace + settings.stop_grace + 5.0)
         async with self._admission:
+            if self.workers.get(worker.name) is not worker:
+                # Removed (its files deleted) or replaced by a reload while this load waited for
+                # the lock: starting it would run a model that is no longer served.
+                message = f"The model '{worker.name}' is no longer served as it was; ask again."
+                return CommandResult(ok=False, message=message, code="model_not_found")
             if worker.alive:
                 worker.last_used = time.monotonic()
                 return CommandResult(ok=True, message=f"{worker.name}: {worker.state.value}")
