@@ -21,10 +21,12 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +50,12 @@ KILL_EVERY = 60.0
 class Tally:
     completed: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # seen by the client, by kind
+    messages: Counter[str] = field(default_factory=Counter)  # the errors' messages, numbers masked
     lost: list[str] = field(default_factory=list)
 
-    def error(self, kind: str) -> None:
+    def error(self, kind: str, message: str = "") -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.messages[f"{kind}: {re.sub(r'[0-9]+(?:[.][0-9]+)?', 'N', message)[:160]}"] += 1
 
 
 @dataclass
@@ -91,6 +95,13 @@ def start(model_dir: Path, work: Path) -> Server:
     raise RuntimeError("the server did not start; see " + str(work / "serve.log"))
 
 
+def _message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body[:160].decode(errors="replace")
+
+
 async def one_request(client: httpx.AsyncClient, rng: random.Random, tally: Tally) -> None:
     model = rng.choices(MODELS, weights=(0.45, 0.45, 0.10))[0]  # "c" now and then: a swap each time
     stream = rng.random() < 0.6
@@ -108,12 +119,11 @@ async def one_request(client: httpx.AsyncClient, rng: random.Random, tally: Tall
                 response.json()["choices"][0]["message"]
                 tally.completed += 1
             else:
-                tally.error(f"HTTP {response.status_code}")
+                tally.error(f"HTTP {response.status_code}", _message(response.content))
             return
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
-                await response.aread()
-                tally.error(f"HTTP {response.status_code}")
+                tally.error(f"HTTP {response.status_code}", _message(await response.aread()))
                 return
             last = ""
             async for line in response.aiter_lines():
@@ -122,7 +132,8 @@ async def one_request(client: httpx.AsyncClient, rng: random.Random, tally: Tall
         if last == "[DONE]":
             tally.completed += 1
         elif last and "error" in json.loads(last):
-            tally.error("error event: " + json.loads(last)["error"].get("code", "?"))
+            error = json.loads(last)["error"]
+            tally.error("error event: " + error.get("code", "?"), error.get("message", ""))
         else:
             tally.lost.append(f"stream of {model} ended without [DONE] or an error: {last[:80]!r}")
     except (httpx.HTTPError, ValueError) as exc:
@@ -217,6 +228,8 @@ def report(args: argparse.Namespace, tally: Tally, samples: list[Sample], kills:
             f"| {name} | {warm[0].rss[name] / 2**20:.1f} → {warm[-1].rss[name] / 2**20:.1f} MiB | {rss_drift:+.1%} | {fds:+d} | {threads:+d} |"
         )
     lines += ["", f"Targets (0 lost, RSS drift < 10 %, no fd or thread growth): {'PASS' if ok else 'FAIL'}"]
+    if tally.messages:
+        lines += ["", "Errors the clients saw, by message (numbers masked):", *(f"- {n} × {m}" for m, n in tally.messages.most_common(12))]
     if tally.lost:
         lines += ["", "Lost:", *(f"- {entry}" for entry in tally.lost[:20])]
     return "\n".join(lines) + "\n", ok

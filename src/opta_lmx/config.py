@@ -88,6 +88,9 @@ class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     process_overhead: int = 256 * 1024 * 1024
     # At most this many models loaded at once (0 = no limit).
     max_loaded_models: int = 0
+    # Seconds a load waits for a busy model to finish so it can be evicted, before the load is
+    # refused (507); a request asking for a model beyond the limit waits its turn meanwhile.
+    wait_for_room: float = 30.0
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

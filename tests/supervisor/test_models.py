@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Iterator
 
 import httpx
 import openai
@@ -125,29 +126,57 @@ def test_admission_evicts_the_idle_model(make_server, tiny_model: Path) -> None:
     assert "evicted to make room for second" in ctl(server, "status", "first").stdout
 
 
-def test_busy_model_is_never_evicted_and_the_load_is_refused_with_507(make_server, tiny_model: Path) -> None:
-    config = FAST + memory_block(budget_mb=600, overhead_mb=400) + models_block(
-        {"busy": (tiny_model, SLOW), "other": (tiny_model, "load_on_start = false")}
-    )
-    server: Server = make_server(config)
-    server.wait_models({"busy": "RUNNING", "other": "STOPPED"})
-    client = client_for(server)
-    stream = client.chat.completions.create(model="busy", messages=MESSAGES, max_tokens=100_000, stream=True, logit_bias=NO_EOS)
+def _busy_stream(server: Server) -> tuple[Any, Iterator[Any]]:
+    """A stream on the model "busy", once its heartbeat shows it busy."""
+    stream = client_for(server).chat.completions.create(model="busy", messages=MESSAGES, max_tokens=100_000, stream=True, logit_bias=NO_EOS)
     iterator = iter(stream)
     next(iterator)
     deadline = time.monotonic() + 10
     while "1 in flight" not in ctl(server, "status", "busy").stdout:  # the heartbeat saw it busy
         assert time.monotonic() < deadline
         next(iterator)
+    return stream, iterator
+
+
+def test_busy_model_is_never_evicted_and_the_load_is_refused_with_507_after_waiting(make_server, tiny_model: Path) -> None:
+    config = FAST + memory_block(budget_mb=600, overhead_mb=400) + "wait_for_room = 1.5\n" + models_block(
+        {"busy": (tiny_model, SLOW), "other": (tiny_model, "load_on_start = false")}
+    )
+    server: Server = make_server(config)
+    server.wait_models({"busy": "RUNNING", "other": "STOPPED"})
+    stream, iterator = _busy_stream(server)
     response = httpx.post(
         f"{server.base_url}/v1/chat/completions", json={"model": "other", "messages": MESSAGES}, timeout=60
     )
     assert response.status_code == 507
     error = response.json()["error"]
     assert error["code"] == "insufficient_memory"
-    assert re.search(r"needs about \d+ MiB and \d+ MiB of the 600 MiB budget is free", error["message"])
+    assert re.search(r"needs about \d+ MiB and \d+ MiB of the 600 MiB budget is free .*after waiting \d+s", error["message"])
     assert next(iterator).choices  # the busy model kept streaming
     stream.close()
+
+
+def test_a_load_waits_for_a_busy_model_to_finish_then_evicts_it(make_server, tiny_model: Path) -> None:
+    config = FAST + memory_block(budget_mb=600, overhead_mb=400) + models_block(
+        {"busy": (tiny_model, SLOW), "other": (tiny_model, "load_on_start = false")}
+    )
+    server: Server = make_server(config)
+    server.wait_models({"busy": "RUNNING", "other": "STOPPED"})
+    stream, iterator = _busy_stream(server)
+    waiting: dict[str, Any] = {}
+
+    def ask_other() -> None:
+        waiting["reply"] = client_for(server).chat.completions.create(model="other", messages=MESSAGES, max_tokens=2, logit_bias=NO_EOS)
+
+    thread = threading.Thread(target=ask_other)
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive() and next(iterator).choices  # the load waits; the busy model streams on
+    stream.close()  # its request ends: the model goes idle, and the waiting load evicts it
+    thread.join(timeout=60)
+    assert waiting["reply"].usage.completion_tokens == 2
+    assert server.wait_models({"busy": "STOPPED", "other": "RUNNING"})["models"] == {"busy": "STOPPED", "other": "RUNNING"}
+    assert "evicted to make room for other" in ctl(server, "status", "busy").stdout
 
 
 def test_stopping_a_model_lets_its_running_stream_complete(make_server, tiny_model: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from opta_lmx.errors import ApiError, GenerationTimeout, QueueFull, failure_to_error
+from opta_lmx.errors import ApiError, GenerationTimeout, QueueFull, WorkerUnavailable, failure_to_error
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.metrics.requests import note_error, note_jobs, note_pendings
 from opta_lmx.gateway.state import GatewayState
@@ -39,20 +39,37 @@ class Collected(NamedTuple):
     tool_calls: list[ToolCall] = []
 
 
+# Times a request refused by a draining worker is sent again, to the model loaded once more.
+_DRAIN_RETRIES = 2
+# How long the supervisor's STOPPING event may take to follow a draining worker's refusal.
+_DRAIN_NOTICE_SECONDS = 5.0
+
+
 async def prepare(state: GatewayState, job: Job) -> Pending:
-    """Load the model if needed, send the request, and wait for the worker to accept it."""
+    """Load the model if needed, send the request, and wait for the worker to accept it.
+
+    A worker that began to drain (evicted, unloaded, swapped) as the request reached it refuses
+    it untouched; the request then waits for the drain and goes to the model loaded again."""
     settings = state.config
-    status = await state.models.ready(job.model, settings.server.ready_wait, settings.supervisor.load_timeout)
-    pending = await state.link.open(status.identity, **job.fields)
-    try:
-        first = await next_message(state, pending)
-        if not isinstance(first, Started):
-            raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
+    for attempt in range(_DRAIN_RETRIES + 1):
+        status = await state.models.ready(job.model, settings.server.ready_wait, settings.supervisor.load_timeout)
+        pending = await state.link.open(status.identity, **job.fields)
+        try:
+            first = await next_message(state, pending)
+            if not isinstance(first, Started):
+                raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
+        except WorkerUnavailable:
+            state.link.cancel(pending)
+            if attempt == _DRAIN_RETRIES:
+                raise
+            await state.models.wait_draining(job.model, status.identity, _DRAIN_NOTICE_SECONDS)
+            continue
+        except BaseException:
+            state.link.cancel(pending)
+            raise
         pending.started = first
-    except BaseException:
-        state.link.cancel(pending)
-        raise
-    return pending
+        return pending
+    raise AssertionError("unreachable")
 
 
 def admit(state: GatewayState, jobs: list[Job]) -> None:

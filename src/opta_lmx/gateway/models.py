@@ -165,6 +165,22 @@ class ModelTable:
             raise WorkerUnavailable(f"Model '{name}' is not ready ({detail}); retry shortly.") from None
         return self._statuses[name]
 
+    async def wait_draining(self, name: str, identity: str, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until the worker ``identity`` no longer serves
+        ``name`` as RUNNING: a worker that refused a request as draining says so before its
+        STOPPING event may have reached this table."""
+
+        def left() -> bool:
+            status = self._statuses.get(name)
+            return status is None or status.state != "RUNNING" or status.identity != identity
+
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(left)
+        except TimeoutError:
+            pass
+
     def _gave_up(self, name: str) -> bool:
         status = self._statuses.get(name)
         return status is None or status.state in ("FATAL", "STOPPED")

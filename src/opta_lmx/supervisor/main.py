@@ -249,38 +249,47 @@ class Supervisor:
         One admission at a time, so two loads never count the same free memory; a worker that is
         already alive is left alone, so concurrent first requests share one load. A worker that is
         draining (evicted, unloaded when idle, swapped) is waited for, then loaded again: the
-        request that wants it is served, not refused because it came during the drain.
+        request that wants it is served, not refused because it came during the drain. When only
+        busy models stand in the way, the load waits up to ``[memory] wait_for_room`` seconds for
+        one of them to go idle, then is refused.
         """
         if worker.state is State.STOPPING:
             settings = self.config.supervisor
             await worker.wait_settled(settings.drain_grace + settings.stop_grace + 5.0)
-        async with self._admission:
-            if self.workers.get(worker.name) is not worker:
-                # Removed (its files deleted) or replaced by a reload while this load waited for
-                # the lock: starting it would run a model that is no longer served.
-                message = f"The model '{worker.name}' is no longer served as it was; ask again."
-                return CommandResult(ok=False, message=message, code="model_not_found")
-            if worker.alive:
-                worker.last_used = time.monotonic()
-                return CommandResult(ok=True, message=f"{worker.name}: {worker.state.value}")
-            pending = self._stopping_tasks.get(worker.name)
-            if pending is not None:
-                await pending
-            need = self.estimate(worker)
-            loaded = self.admission_views(worker)
-            decision = policy.admit(need, loaded, self.budget(), self.config.memory.max_loaded_models)
-            if isinstance(decision, policy.Refuse):
-                message = (
-                    f"Cannot load '{worker.name}': it needs about {_mib(decision.needed)} and "
-                    f"{_mib(decision.available)} of the {_mib(self.budget())} budget is free ({decision.reason})."
-                )
-                log.warning(message)
-                return CommandResult(ok=False, message=message, code="insufficient_memory")
-            began = time.monotonic()
-            for victim in decision.evict:
-                await self.workers[victim].stop(f"evicted to make room for {worker.name}", cause="evicted")
-            worker.start(decision.evict, time.monotonic() - began if decision.evict else 0.0)
-            return CommandResult(ok=True, message=f"{worker.name}: loading")
+        deadline = time.monotonic() + self.config.memory.wait_for_room
+        while True:
+            async with self._admission:
+                if self.workers.get(worker.name) is not worker:
+                    # Removed (its files deleted) or replaced by a reload while this load waited for
+                    # the lock: starting it would run a model that is no longer served.
+                    message = f"The model '{worker.name}' is no longer served as it was; ask again."
+                    return CommandResult(ok=False, message=message, code="model_not_found")
+                if worker.alive:
+                    worker.last_used = time.monotonic()
+                    return CommandResult(ok=True, message=f"{worker.name}: {worker.state.value}")
+                pending = self._stopping_tasks.get(worker.name)
+                if pending is not None:
+                    await pending
+                need = self.estimate(worker)
+                loaded = self.admission_views(worker)
+                decision = policy.admit(need, loaded, self.budget(), self.config.memory.max_loaded_models)
+                if isinstance(decision, policy.Admit):
+                    began = time.monotonic()
+                    for victim in decision.evict:
+                        await self.workers[victim].stop(f"evicted to make room for {worker.name}", cause="evicted")
+                    worker.start(decision.evict, time.monotonic() - began if decision.evict else 0.0)
+                    return CommandResult(ok=True, message=f"{worker.name}: loading")
+                if time.monotonic() >= deadline or not any(v.busy and not v.pinned for v in loaded):
+                    waited = self.config.memory.wait_for_room - (deadline - time.monotonic())
+                    message = (
+                        f"Cannot load '{worker.name}': it needs about {_mib(decision.needed)} and "
+                        f"{_mib(decision.available)} of the {_mib(self.budget())} budget is free ({decision.reason}"
+                        + (f", after waiting {waited:.0f}s for one to go idle)." if waited >= 1 else ").")
+                    )
+                    log.warning(message)
+                    return CommandResult(ok=False, message=message, code="insufficient_memory")
+            # Outside the lock: other loads (that fit) go on while this one waits for room.
+            await asyncio.sleep(self.config.supervisor.heartbeat_interval / 2)
 
     async def _load_on_start(self) -> None:
         for worker in list(self.workers.values()):

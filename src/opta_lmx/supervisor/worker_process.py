@@ -44,6 +44,9 @@ log = logging.getLogger("opta_lmx.supervisor")
 # A thread spinning without end would pass too; the gateway's inter_token_timeout still ends
 # its requests.
 _COMPUTING_CORES = 0.1
+# A worker loaded or used within this many heartbeats counts as busy for eviction: the requests
+# it was loaded for reach it before its next heartbeat can show them.
+_FRESH_HEARTBEATS = 3
 
 
 class WorkerAddresses:
@@ -146,7 +149,13 @@ class WorkerProcess:
         self.last_used = time.monotonic()
 
     def view(self, used: int) -> WorkerView:
-        return WorkerView(self.name, used, self.active_requests > 0, self.model.pinned, self.last_used)
+        """The worker as the memory policy sees it. Busy: serving by its last heartbeat, or still
+        loading, or loaded moments ago; the last two have requests waiting for them that no
+        heartbeat shows yet, and evicting such a worker would strand them."""
+        fresh = self.state is State.STARTING or (
+            self.state is State.RUNNING and time.monotonic() - self.last_used < _FRESH_HEARTBEATS * self._settings.heartbeat_interval
+        )
+        return WorkerView(self.name, used, self.active_requests > 0 or fresh, self.model.pinned, self.last_used)
 
     def status(self, seq: int) -> ModelStatus:
         running = self.state is State.RUNNING
