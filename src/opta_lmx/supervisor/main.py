@@ -342,7 +342,7 @@ class Supervisor:
         limits = policy.Limits(
             budget, int(budget * memory.soft_limit), int(budget * memory.hard_limit), memory.hard_readings
         )
-        views = [w.view(w.memory_used()) for w in running]
+        views = [w.view(w.memory_used(), admission=False) for w in running]
         actions, self._over_hard = policy.police(views, limits, self._over_hard)
         for action in actions:
             worker = self.workers[action.name]

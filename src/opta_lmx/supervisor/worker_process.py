@@ -148,12 +148,15 @@ class WorkerProcess:
         self.keep_alive_override = seconds
         self.last_used = time.monotonic()
 
-    def view(self, used: int) -> WorkerView:
-        """The worker as the memory policy sees it. Busy: serving by its last heartbeat, or still
-        loading, or loaded moments ago; the last two have requests waiting for them that no
-        heartbeat shows yet, and evicting such a worker would strand them."""
-        fresh = self.state is State.STARTING or (
-            self.state is State.RUNNING and time.monotonic() - self.last_used < _FRESH_HEARTBEATS * self._settings.heartbeat_interval
+    def view(self, used: int, admission: bool = True) -> WorkerView:
+        """The worker as the memory policy sees it. Busy: serving by its last heartbeat; for an
+        admission also while still loading or loaded or used moments ago, when requests waiting
+        for it may not show in a heartbeat yet (evicting it to load another model would strand
+        them). Policing memory over the hard limit goes by the heartbeat alone: else a fresh idle
+        worker would be killed instead of evicted."""
+        fresh = admission and (
+            self.state is State.STARTING
+            or (self.state is State.RUNNING and time.monotonic() - self.last_used < _FRESH_HEARTBEATS * self._settings.heartbeat_interval)
         )
         return WorkerView(self.name, used, self.active_requests > 0 or fresh, self.model.pinned, self.last_used)
 
