@@ -179,6 +179,26 @@ def test_a_load_waits_for_a_busy_model_to_finish_then_evicts_it(make_server, tin
     assert "evicted to make room for other" in ctl(server, "status", "busy").stdout
 
 
+def test_a_request_waiting_for_a_restart_is_served_though_another_load_evicts_its_model(make_server, tiny_model: Path) -> None:
+    # A crashed worker waits out its backoff; a request for it waits too. A load of another model
+    # evicts it meanwhile (a worker in backoff is idle): the request asks again and is served.
+    config = "[supervisor]\nheartbeat_interval = 0.2\nbackoff_initial = 4\n" + memory_block(budget_mb=600, overhead_mb=400) + models_block(
+        {"crashy": (tiny_model, ""), "other": (tiny_model, "load_on_start = false")}
+    )
+    server: Server = make_server(config)
+    server.wait_models({"crashy": "RUNNING", "other": "STOPPED"})
+    assert ctl(server, "kill", "crashy", "KILL").returncode == 0
+    server.wait_models({"crashy": "BACKOFF", "other": "STOPPED"})
+    with ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(lambda: client_for(server).chat.completions.create(model="crashy", messages=MESSAGES, max_tokens=2, logit_bias=NO_EOS))
+        time.sleep(0.5)
+        other = client_for(server).chat.completions.create(model="other", messages=MESSAGES, max_tokens=2, logit_bias=NO_EOS)
+        assert other.usage.completion_tokens == 2
+        assert "evicted to make room for other" in server.log()
+        assert waiting.result(timeout=90).usage.completion_tokens == 2
+    assert server.wait_models({"crashy": "RUNNING", "other": "STOPPED"})["models"] == {"crashy": "RUNNING", "other": "STOPPED"}
+
+
 def test_stopping_a_model_lets_its_running_stream_complete(make_server, tiny_model: Path) -> None:
     server: Server = make_server(FAST + models_block({"swap": (tiny_model, SLOW)}))
     server.wait_models()

@@ -35,6 +35,10 @@ _SNAPSHOT_TIMEOUT = 5.0
 _CONTROL_TIMEOUT = 30.0
 
 
+# Times a request asks again for a model stopped (evicted) before it could serve that request.
+_EVICTED_RETRIES = 3
+
+
 class ModelTable:
     def __init__(
         self,
@@ -111,20 +115,33 @@ class ModelTable:
         Raises ``ModelNotFound``, ``InsufficientMemory`` (no room even after evicting idle models),
         or ``WorkerUnavailable`` (FATAL, or not ready in time).
         """
-        status = self._statuses.get(name)
-        if status is None:
-            raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
-        if status.state == "RUNNING" and status.identity:
-            return status
-        # A draining worker is waited out and its model loaded again: a load's wait either way.
-        cold = status.state in ("STOPPED", "EXITED", "STARTING", "STOPPING")
-        after_seq = 0
-        if status.state != "STARTING":
-            result = await self._control(EnsureLoaded(name), load_timeout)
-            if not isinstance(result, CommandResult) or not result.ok:
-                raise self._refusal(result)
-            after_seq = result.seq
-        return await self.wait_running(name, load_timeout if cold else ready_wait, after_seq)
+        deadline = asyncio.get_running_loop().time() + load_timeout
+        for attempt in range(_EVICTED_RETRIES + 1):
+            status = self._statuses.get(name)
+            if status is None:
+                raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+            if status.state == "RUNNING" and status.identity:
+                return status
+            # A draining worker is waited out and its model loaded again: a load's wait either way.
+            cold = status.state in ("STOPPED", "EXITED", "STARTING", "STOPPING")
+            after_seq = 0
+            if status.state != "STARTING":
+                result = await self._control(EnsureLoaded(name), load_timeout)
+                if not isinstance(result, CommandResult) or not result.ok:
+                    raise self._refusal(result)
+                after_seq = result.seq
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                return await self.wait_running(name, min(left, load_timeout if cold else ready_wait), after_seq)
+            except WorkerUnavailable:
+                # Stopped before it served, mostly evicted to make room for another model (a
+                # crashed worker waiting out its backoff may be): the request still wants it,
+                # and a request for a stopped model loads it, so ask again.
+                status = self._statuses.get(name)
+                stopped = status is not None and status.state == "STOPPED"
+                if not stopped or attempt == _EVICTED_RETRIES or deadline - asyncio.get_running_loop().time() <= 0:
+                    raise
+        raise AssertionError("unreachable")
 
     async def keep_alive(self, name: str, seconds: float) -> None:
         """Have the supervisor unload ``name`` after ``seconds`` idle from now (negative: never)."""
