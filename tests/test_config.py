@@ -150,7 +150,7 @@ def test_options_of_the_other_engine_are_refused(tmp_path: Path) -> None:
         parse_config(mlx + "slots=2")
     with pytest.raises(ConfigError, match="flash_attn applies to GGUF"):
         parse_config(mlx + "flash_attn='on'")
-    with pytest.raises(ConfigError, match="batch_size applies to MLX models only; kv_bits applies to MLX"):
+    with pytest.raises(ConfigError, match="batch_size applies to MLX models, MLX embedding models and GGUF embedding models only; kv_bits applies to MLX"):
         parse_config(gguf + "batch_size=4\nkv_bits=8")
     # A directory holding a GGUF is a GGUF model too, and "gguf" named outright.
     with pytest.raises(ConfigError, match="max_kv_size applies to MLX"):
