@@ -19,9 +19,10 @@ from bench.servers import venv_bin
 SEED = 0
 
 
-def ensure_model(cache_dir: Path, size: str) -> tuple[Path, float | None]:
-    """The model directory for ``size``; the build time in seconds when it had to be built."""
-    path = cache_dir / "models" / f"{size}-seed{SEED}"
+def ensure_model(cache_dir: Path, size: str, context: int | None = None) -> tuple[Path, float | None]:
+    """The model directory for ``size`` (with a context of ``context`` tokens rather than the
+    size's own, when given); the build time in seconds when it had to be built."""
+    path = cache_dir / "models" / (f"{size}-ctx{context}-seed{SEED}" if context else f"{size}-seed{SEED}")
     if (path / "model.safetensors").exists():
         return path, None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,8 @@ def ensure_model(cache_dir: Path, size: str) -> tuple[Path, float | None]:
     try:
         print(f"building the {size} demo model into {path} ...", file=sys.stderr, flush=True)
         subprocess.run(
-            [venv_bin("opta-lmx"), "demo-model", str(staging), "--size", size, "--seed", str(SEED)],
+            [venv_bin("opta-lmx"), "demo-model", str(staging), "--size", size, "--seed", str(SEED)]
+            + (["--context", str(context)] if context else []),
             check=True,
             stdout=subprocess.DEVNULL,
         )

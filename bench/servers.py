@@ -101,19 +101,25 @@ def venv_bin(name: str) -> str:
 
 
 def start_opta(
-    model_dir: Path, work_dir: Path, timeout_s: float, options: str = "", name: str = OPTA, src: Path | None = None
+    model_dir: Path,
+    work_dir: Path,
+    timeout_s: float,
+    options: str = "",
+    name: str = OPTA,
+    src: Path | None = None,
+    extra_models: str = "",
 ) -> Server:
     """``opta-lmx serve`` with a one-model config; ready when /health says the model is RUNNING.
     ``options`` is TOML for the model's ``[models.options]`` table and ``src`` another tree's
     ``src`` directory to run instead of this one (``PYTHONPATH``, inherited by its children): for
-    A/B runs."""
+    A/B runs. ``extra_models``: more ``[[models]]`` tables (TOML) for the config."""
     home = work_dir / "opta-home"
     home.mkdir(parents=True, exist_ok=True)
     config = work_dir / "opta-lmx.toml"
     # A second name for the same weights, loaded only on demand: the hot-swap probe's model.
     config.write_text(
         f'[[models]]\nname = "bench"\npath = "{model_dir}"\n[models.options]\n{options}\n\n'
-        f'[[models]]\nname = "bench-swap"\npath = "{model_dir}"\nload_on_start = false\n',
+        f'[[models]]\nname = "bench-swap"\npath = "{model_dir}"\nload_on_start = false\n' + extra_models,
         encoding="utf-8",
     )
     port = free_port()
@@ -138,13 +144,15 @@ def start_opta(
     return server
 
 
-def start_mlx_lm(model_dir: Path, work_dir: Path, timeout_s: float) -> Server:
-    """``python -m mlx_lm.server`` with its defaults (continuous batching, 32 decode slots)."""
+def start_mlx_lm(model_dir: Path, work_dir: Path, timeout_s: float, env: dict[str, str] | None = None) -> Server:
+    """``python -m mlx_lm.server`` with its defaults (continuous batching, 32 decode slots), in
+    ``env`` (None: the harness's environment)."""
     port = free_port()
     t0 = time.perf_counter()
     proc = _spawn(
         [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port), "--host", "127.0.0.1"],
         work_dir / "mlx_lm.server.log",
+        env,
     )
     # "default_model" maps to --model; any other name would make it try to load that name.
     server = Server(MLX_LM, f"http://127.0.0.1:{port}", "default_model", proc, work_dir / "mlx_lm.server.log")
@@ -170,8 +178,11 @@ def vllm_mlx_available(python: str) -> tuple[bool, str]:
     return True, done.stdout.strip()
 
 
-def start_vllm_mlx(python: str, model_dir: Path, work_dir: Path, timeout_s: float) -> Server:
-    """``vllm-mlx serve`` with continuous batching (its best mode for concurrent load)."""
+def start_vllm_mlx(
+    python: str, model_dir: Path, work_dir: Path, timeout_s: float, env: dict[str, str] | None = None
+) -> Server:
+    """``vllm-mlx serve`` with continuous batching (its best mode for concurrent load), with
+    ``env``'s variables added."""
     port = free_port()
     script = Path(python).parent / "vllm-mlx"
     head = [str(script)] if script.exists() else [python, "-m", "vllm_mlx.cli"]
@@ -182,7 +193,7 @@ def start_vllm_mlx(python: str, model_dir: Path, work_dir: Path, timeout_s: floa
     home = work_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = _spawn(argv, work_dir / "vllm-mlx.log", dict(os.environ, HOME=str(home)))
+    proc = _spawn(argv, work_dir / "vllm-mlx.log", dict(env or os.environ, HOME=str(home)))
     server = Server(VLLM_MLX, f"http://127.0.0.1:{port}", str(model_dir), proc, work_dir / "vllm-mlx.log")
     _RUNNING.append(server)
     _wait_ready(server, lambda c: c.get(server.base_url + "/v1/models").status_code == 200, timeout_s)

@@ -77,6 +77,7 @@ def start(model_dir: Path, work: Path) -> Server:
     )
     port = free_port()
     env = dict(os.environ, OPTA_LMX_HOME=str(home))
+    (work / "serve.log").unlink(missing_ok=True)  # this run's log only: the report counts in it
     proc = _spawn([venv_bin("opta-lmx"), "serve", "--config", str(config), "--port", str(port)], work / "serve.log", env)
     server = Server("opta-lmx", f"http://127.0.0.1:{port}", "a", proc, work / "serve.log", home)
     deadline = time.monotonic() + 120
@@ -157,11 +158,22 @@ async def chaos(server: Server, until: float, kills: list[str]) -> None:
     rng = random.Random(7)
     while time.monotonic() + KILL_EVERY < until:
         await asyncio.sleep(KILL_EVERY)
-        workers = [p for p in psutil.Process(server.proc.pid).children() if "opta_lmx.worker" in " ".join(p.cmdline()) and "--spare" not in p.cmdline()]
+        workers = [p for p in psutil.Process(server.proc.pid).children() if _is_model_worker(p)]
         if workers:
             victim = rng.choice(workers)
-            os.kill(victim.pid, signal.SIGKILL)
+            try:
+                os.kill(victim.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it exited (an unload) since it was listed
+                continue
             kills.append(f"{time.strftime('%H:%M:%S')} pid {victim.pid}")
+
+
+def _is_model_worker(process: psutil.Process) -> bool:
+    try:
+        command = process.cmdline()
+    except psutil.Error:  # gone (or a zombie) since it was listed: a worker just exited
+        return False
+    return "opta_lmx.worker" in " ".join(command) and "--spare" not in command
 
 
 async def watch(procs: dict[str, psutil.Process], started: float, until: float, samples: list[Sample]) -> None:

@@ -250,12 +250,14 @@ def make_server(tmp_path: Path) -> Iterator:
 
 
 @contextmanager
-def served(home: Path, config_text: str, states: dict[str, str] | None = None) -> Iterator[Server]:
-    """A server started with ``config_text``, its models in ``states`` (all RUNNING by default);
-    stopped afterwards, and every process it had killed if it got stuck."""
+def served(
+    home: Path, config_text: str, states: dict[str, str] | None = None, timeout: float = SERVE_START_TIMEOUT
+) -> Iterator[Server]:
+    """A server started with ``config_text``, its models in ``states`` (all RUNNING by default)
+    within ``timeout``; stopped afterwards, and every process it had killed if it got stuck."""
     srv = Server(home, config_text).start()
     try:
-        srv.wait_models(states)
+        srv.wait_models(states, timeout)
         yield srv
     finally:
         pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []

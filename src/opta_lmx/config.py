@@ -69,6 +69,10 @@ class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Keep one worker process started with its imports done and no model, so a load pays only
     # for the weights.
     warm_spare: bool = True
+    # Linux: a BLAS library workers preload (LD_PRELOAD) in place of the reference BLAS the
+    # mlx[cpu] wheel links. "auto": the system's OpenBLAS when there is one; "off": none; or a
+    # path. Read at start.
+    preload_blas: str = "auto"
 
 
 class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -127,6 +131,12 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # conversation, a small one far more; a memory squeeze empties it anyway (trim).
     prompt_cache_entries: int = 10
     prompt_cache_bytes: int = 512 * 1024 * 1024
+    # The prompt cache's disk tier: caches leaving memory (least recently used, a memory squeeze,
+    # the worker's exit for a restart, swap or unload) are written to <kv_disk_dir>/<model name>,
+    # at most kv_disk_bytes of them (least recently used removed first), and a later worker for
+    # the same weights starts from them. 0 disables it. "" is <data_dir>/kv.
+    kv_disk_bytes: int = 8 * 1024**3
+    kv_disk_dir: str = ""
     # KV-cache quantization (bits per value, 0 = off), from the quantized_kv_start-th token of a
     # request on; and a draft model (path) for speculative decoding, proposing num_draft_tokens
     # tokens a step. mlx-lm's batch generator has neither, so either one makes the engine decode
@@ -183,6 +193,8 @@ _OPTION_ENGINES: dict[str, tuple[str, ...]] = {
     "max_kv_size": (_MLX,),
     "prompt_cache_entries": (_MLX, _GGUF),
     "prompt_cache_bytes": (_MLX,),
+    "kv_disk_bytes": (_MLX,),
+    "kv_disk_dir": (_MLX,),
     "kv_bits": (_MLX,),
     "kv_group_size": (_MLX,),
     "quantized_kv_start": (_MLX,),
@@ -351,6 +363,9 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: server.port must be 1-65535, got {config.server.port}")
     if config.server.max_body_bytes < 1024 or config.server.max_queued < 0:
         raise ConfigError(f"{source}: server.max_body_bytes must be at least 1024 and server.max_queued >= 0")
+    blas = config.supervisor.preload_blas
+    if blas not in ("auto", "off", "") and not os.path.isfile(blas):
+        raise ConfigError(f'{source}: supervisor.preload_blas: no such file {blas!r} (or "auto", "off")')
     memory = config.memory
     if memory.budget <= 0 or not 0 < memory.soft_limit <= memory.hard_limit <= 1:
         raise ConfigError(f"{source}: memory needs budget > 0 and 0 < soft_limit <= hard_limit <= 1")
@@ -368,12 +383,13 @@ def _check(config: Config, source: str) -> None:
             options.max_kv_size,
             options.prompt_cache_entries,
             options.prompt_cache_bytes,
+            options.kv_disk_bytes,
             options.quantized_kv_start,
             options.stream_interval_ms,
         ) < 0:
             raise ConfigError(
                 f"{source}: model {model.name!r}: options must be positive "
-                "(max_kv_size, prompt_cache_*, quantized_kv_start and stream_interval_ms >= 0)"
+                "(max_kv_size, prompt_cache_*, kv_disk_bytes, quantized_kv_start and stream_interval_ms >= 0)"
             )
         if not 1 <= options.slots <= 256 or min(options.slot_context, options.threads) < 0 or min(options.n_batch, options.n_ubatch) < 1:
             raise ConfigError(

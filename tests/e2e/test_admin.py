@@ -17,7 +17,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.conftest import NO_EOS, Server, kill_tree
+from tests.conftest import NO_EOS, Server, served
 
 SETTINGS = "[supervisor]\nheartbeat_interval = 0.2\nbackoff_initial = 0.2\n"
 # Slow steps (tests/support/engines.py): a stream lasts long enough to be drained.
@@ -39,15 +39,9 @@ engine = "tests.support.engines:SlowEngine"
 @pytest.fixture(scope="module")
 def admin_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("admin")
-    server = Server(home, SETTINGS + MODELS.format(path=tiny_model)).start()
-    try:
-        server.wait_models({"tiny": "RUNNING", "lazy": "STOPPED"})
+    states = {"tiny": "RUNNING", "lazy": "STOPPED"}
+    with served(home, SETTINGS + MODELS.format(path=tiny_model), states) as server:
         yield server
-    finally:
-        pids = [p.pid for p in server.descendants()] if server.proc and server.proc.poll() is None else []
-        server.stop()
-        for pid in pids:
-            kill_tree(pid)
 
 
 def admin(server: Server, method: str, path: str, **kwargs: object) -> httpx.Response:

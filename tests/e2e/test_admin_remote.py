@@ -15,7 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, free_port, kill_tree
+from tests.conftest import Server, free_port, served
 
 ADMIN_KEY = "adm-0123456789"
 API_KEY = "sk-api-0123456789"
@@ -37,15 +37,9 @@ load_on_start = false
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("keyed"), CONFIG.format(path=tiny_model)).start()
-    try:
-        server.wait_models({"tiny": "RUNNING", "lazy": "STOPPED"})
+    states = {"tiny": "RUNNING", "lazy": "STOPPED"}
+    with served(tmp_path_factory.mktemp("keyed"), CONFIG.format(path=tiny_model), states) as server:
         yield server
-    finally:
-        pids = [p.pid for p in server.descendants()] if server.proc and server.proc.poll() is None else []
-        server.stop()
-        for pid in pids:
-            kill_tree(pid)
 
 
 def lmxctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

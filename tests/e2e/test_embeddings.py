@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import Server, kill_tree
+from tests.conftest import Server, served
 from tests.support.bert import build_bert
 
 CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
@@ -29,15 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, minilm_model: Path, tiny_mo
         f'[[models]]\nname = "cross"\npath = "{cross}"\n'
         f'[[models]]\nname = "tiny"\npath = "{tiny_model}"\n'
     )
-    srv = Server(tmp_path_factory.mktemp("embed-server"), config).start()
-    try:
-        srv.wait_models()
+    with served(tmp_path_factory.mktemp("embed-server"), config) as srv:
         yield srv
-    finally:
-        pids = [p.pid for p in srv.descendants()] if srv.proc and srv.proc.poll() is None else []
-        srv.stop()
-        for pid in pids:
-            kill_tree(pid)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from opta_lmx.demo.builder import CHAT_TEMPLATE
-from tests.conftest import Server, kill_tree
+from tests.conftest import Server, served
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 PARIS = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
@@ -35,15 +35,8 @@ def gguf_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, ge
         f'[[models]]\nname = "smollm2"\npath = "{smollm2_gguf}"\n[models.options]\nslots = 8\nslot_context = 1024\n'
         f'[[models]]\nname = "gemma"\npath = "{gemma3_gguf.parent}"\n[models.options]\nslots = 2\nslot_context = 512\n'
     )
-    server = Server(home, config).start()
-    try:
-        server.wait_models(timeout=120)
+    with served(home, config, timeout=120) as server:
         yield server
-    finally:
-        pids = [p.pid for p in server.descendants()] if server.proc and server.proc.poll() is None else []
-        server.stop()
-        for pid in pids:
-            kill_tree(pid)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import NO_EOS, Server, kill_tree
+from tests.conftest import NO_EOS, Server, served
 
 MB = 1 << 20
 # Two models fit in the budget, a third does not (each estimate is dominated by the overhead).
@@ -55,15 +55,9 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(scope="module")
 def metrics_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("metrics"), CONFIG.format(path=tiny_model)).start()
-    try:
-        server.wait_models({"tiny": "RUNNING", "slow": "RUNNING", "lazy": "STOPPED"})
+    states = {"tiny": "RUNNING", "slow": "RUNNING", "lazy": "STOPPED"}
+    with served(tmp_path_factory.mktemp("metrics"), CONFIG.format(path=tiny_model), states) as server:
         yield server
-    finally:
-        pids = [p.pid for p in server.descendants()] if server.proc and server.proc.poll() is None else []
-        server.stop()
-        for pid in pids:
-            kill_tree(pid)
 
 
 def scrape(server: Server) -> Samples:

@@ -181,6 +181,37 @@ def test_stopping_a_model_lets_its_running_stream_complete(make_server, tiny_mod
     assert ctl(server, "status", "swap").returncode == 3
 
 
+def test_a_request_that_comes_during_a_drain_waits_and_is_served(make_server, tiny_model: Path) -> None:
+    # An eviction, an idle unload or a swap drains the worker; a request for the model that comes
+    # meanwhile must not fail with "not ready": it waits for the drain and the model loads again.
+    server: Server = make_server(FAST + models_block({"swap": (tiny_model, SLOW)}))
+    server.wait_models()
+    client = client_for(server)
+    finished: list[str] = []
+
+    def long_stream() -> None:
+        stream = client.chat.completions.create(
+            model="swap", messages=MESSAGES, max_tokens=60, stream=True, logit_bias=NO_EOS
+        )
+        finished.extend(c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason)
+
+    streamer = threading.Thread(target=long_stream)
+    streamer.start()
+    server.wait_in_flight("swap", 1)
+    stopper = threading.Thread(target=ctl, args=(server, "stop", "swap"))
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while "STOPPING" not in ctl(server, "status", "swap").stdout:
+        assert time.monotonic() < deadline, ctl(server, "status", "swap").stdout
+        time.sleep(0.05)
+    reply = client.chat.completions.create(model="swap", messages=MESSAGES, max_tokens=3, logit_bias=NO_EOS)
+    streamer.join(60)
+    stopper.join(60)
+    assert reply.usage.completion_tokens == 3
+    assert finished == ["length"]  # the drained stream completed too
+    assert ctl(server, "status", "swap").returncode == 0  # loaded again for the late request
+
+
 def test_crash_loop_goes_fatal_and_lmxctl_start_clears_it(make_server, tiny_model: Path, tmp_path: Path) -> None:
     missing = tmp_path / "arrives-later"
     settings = "[supervisor]\nbackoff_initial = 0.1\nbackoff_max = 0.2\nmax_failures = 2\n"

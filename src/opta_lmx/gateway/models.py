@@ -98,10 +98,11 @@ class ModelTable:
             raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
         if status.state == "RUNNING" and status.identity:
             return status
-        cold = status.state in ("STOPPED", "EXITED", "STARTING")
+        # A draining worker is waited out and its model loaded again: a load's wait either way.
+        cold = status.state in ("STOPPED", "EXITED", "STARTING", "STOPPING")
         after_seq = 0
         if status.state != "STARTING":
-            result = await self._control(EnsureLoaded(name))
+            result = await self._control(EnsureLoaded(name), load_timeout)
             if not isinstance(result, CommandResult) or not result.ok:
                 raise self._refusal(result)
             after_seq = result.seq

@@ -26,6 +26,7 @@ from opta_lmx.config import Config, ModelConfig, budget_bytes, gguf_file, resolv
 from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, Trim, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
 from opta_lmx.supervisor import memory_policy as policy
+from opta_lmx.supervisor.blas import preload_library, worker_environment
 from opta_lmx.supervisor.control import serve_control
 from opta_lmx.supervisor.gguf_header import kv_cache_bytes
 from opta_lmx.supervisor.spare_pool import SparePool
@@ -72,6 +73,10 @@ class Supervisor:
         self._seq = 0
         self.config_version = 0
         self._addresses = WorkerAddresses(runtime.data_address, runtime.workers_address)
+        blas = preload_library(config.supervisor.preload_blas)
+        if blas is not None:
+            log.info("workers preload %s (supervisor.preload_blas)", blas)
+        self._worker_env = worker_environment(blas)
         self.spares = SparePool(
             runtime.workers_address,
             runtime.data_address,
@@ -79,6 +84,7 @@ class Supervisor:
             data_dir / "logs" / "spare.log",
             self.send_to_worker,
             replace_delay=_SPARE_DELAY,
+            env=self._worker_env,
         )
         self.workers: dict[str, WorkerProcess] = {m.name: self._make_worker(m) for m in self.config.models}
         self._admission = asyncio.Lock()
@@ -107,6 +113,8 @@ class Supervisor:
             self.publish,
             self.send_to_worker,
             self.spares.take if self.config.supervisor.warm_spare else lambda: None,
+            self.data_dir / "kv",
+            self._worker_env,
         )
 
     def request_stop(self) -> None:
@@ -225,8 +233,13 @@ class Supervisor:
         """Start ``worker`` if its estimated need fits, evicting idle workers LRU-first to make room.
 
         One admission at a time, so two loads never count the same free memory; a worker that is
-        already alive is left alone, so concurrent first requests share one load.
+        already alive is left alone, so concurrent first requests share one load. A worker that is
+        draining (evicted, unloaded when idle, swapped) is waited for, then loaded again: the
+        request that wants it is served, not refused because it came during the drain.
         """
+        if worker.state is State.STOPPING:
+            settings = self.config.supervisor
+            await worker.wait_settled(settings.drain_grace + settings.stop_grace + 5.0)
         async with self._admission:
             if worker.alive:
                 worker.last_used = time.monotonic()

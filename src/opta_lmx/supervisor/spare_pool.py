@@ -32,7 +32,9 @@ class SparePool:
         log_path: Path,
         send: Callable[[str, WorkerCommand], None],
         replace_delay: float,
+        env: dict[str, str] | None = None,
     ) -> None:
+        self._env = env  # a worker's environment (a spare becomes one)
         self._control_address = control_address
         self._data_address = data_address
         self._death = death
@@ -72,7 +74,7 @@ class SparePool:
             self._ready = False
             self._taken.clear()
             began = time.monotonic()
-            self._proc = proc = await spawn(self._argv(), self._log_path, self._death)
+            self._proc = proc = await spawn(self._argv(), self._log_path, self._death, self._env)
             exited = asyncio.ensure_future(proc.wait())
             taken = asyncio.ensure_future(self._taken.wait())
             await asyncio.wait({exited, taken}, return_when=asyncio.FIRST_COMPLETED)

@@ -23,8 +23,11 @@ class DeathPipe:
                 pass
 
 
-async def spawn(argv: list[str], log: Path | None, death: DeathPipe) -> asyncio.subprocess.Process:
-    """Start ``argv`` in its own session (so its whole group can be killed) with the death pipe."""
+async def spawn(
+    argv: list[str], log: Path | None, death: DeathPipe, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` in its own session (so its whole group can be killed) with the death pipe,
+    in ``env`` (None: this process's environment)."""
     out: IO[bytes] | None = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +40,7 @@ async def spawn(argv: list[str], log: Path | None, death: DeathPipe) -> asyncio.
             stderr=out,
             start_new_session=True,
             pass_fds=(death.read_fd,),
+            env=env,
         )
     finally:
         if out is not None:

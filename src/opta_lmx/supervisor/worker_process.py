@@ -38,9 +38,12 @@ from opta_lmx.supervisor.states import Backoff, State
 log = logging.getLogger("opta_lmx.supervisor")
 
 # A busy worker using at least this much CPU (cores, averaged between two heartbeats) is working,
-# even while no token or prompt chunk completes. A thread spinning without end would pass too;
-# the gateway's inter_token_timeout still ends its requests.
-_COMPUTING_CORES = 0.5
+# even while no token or prompt chunk completes. A worker stuck waiting uses almost none (its
+# heartbeat thread about 1-3 % of a core); one computing on a machine with more busy processes
+# than cores gets its share, which can be far under half a core, and must not be taken for hung.
+# A thread spinning without end would pass too; the gateway's inter_token_timeout still ends
+# its requests.
+_COMPUTING_CORES = 0.1
 
 
 class WorkerAddresses:
@@ -66,8 +69,12 @@ class WorkerProcess:
         on_change: Callable[[WorkerProcess], None],
         send: Callable[[str, WorkerCommand], None],
         take_spare: Callable[[], tuple[asyncio.subprocess.Process, str] | None] = lambda: None,
+        kv_root: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.model = model
+        self._env = env  # the worker's environment (None: the supervisor's)
+        self._kv_root = kv_root  # the disk tier's default root: <data_dir>/kv
         self._settings = settings
         self._addresses = addresses
         self._death = death
@@ -303,7 +310,7 @@ class WorkerProcess:
             self.proc, spare_identity = spare
             self._send(spare_identity, self._load_command())
         else:
-            self.proc = await spawn(self._argv(), self.log_path, self._death)
+            self.proc = await spawn(self._argv(), self.log_path, self._death, self._env)
         self.started_at = time.time()
         self._set(State.STARTING, "loading" + (" (warm spare)" if spare else ""))
         failure = await self._wait_ready(self.proc)
@@ -363,8 +370,15 @@ class WorkerProcess:
             generation=self.generation,
             heartbeat_interval=self._settings.heartbeat_interval,
             log_path=str(self.log_path),
-            options=msgspec.json.encode(self.model.options),
+            options=self._options_json(),
         )
+
+    def _options_json(self) -> bytes:
+        """The model's engine options for the worker, the disk tier's root filled in."""
+        options = self.model.options
+        if not options.kv_disk_dir and self._kv_root is not None:
+            options = msgspec.structs.replace(options, kv_disk_dir=str(self._kv_root))
+        return msgspec.json.encode(options)
 
     def _argv(self) -> list[str]:
         return [
@@ -388,7 +402,7 @@ class WorkerProcess:
             "--heartbeat-interval",
             str(self._settings.heartbeat_interval),
             "--options",
-            msgspec.json.encode(self.model.options).decode(),
+            self._options_json().decode(),
         ]
 
     def _set(self, state: State, description: str) -> None:

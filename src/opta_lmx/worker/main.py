@@ -142,6 +142,7 @@ def serve(context: zmq.Context, args: argparse.Namespace) -> int:
     ModelLoop(data, engine, heartbeats, options.stream_interval_ms / 1000).run()
     # The heartbeat thread owns the control socket: let it leave its poll before closing.
     heartbeats.stop_now()
+    engine.close()
     heartbeats.join(timeout=2 * args.heartbeat_interval + 1)
     data.close()
     context.destroy(linger=1000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from opta_lmx.proto import ToolCall
+from opta_lmx.proto import Finished, FromWorker, TokenChunk, TokenLogprobs, ToolCall
 from opta_lmx.worker.reasoning import ReasoningSplitter
 from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.tool_calls import ToolCallSplitter
@@ -45,6 +45,32 @@ class TextStream:
     def feed(self, token: int) -> tuple[str, str, list[ToolCall]]:
         self._detokenizer.add_token(token)
         return self._answer(*self._split(self._detokenizer.last_segment))
+
+    def token_chunk(self, request_id: int, token: int, entry: TokenLogprobs | None) -> TokenChunk | None:
+        """Feed one generated token: the chunk to send for it, if there is anything to send (a
+        token with its log probabilities always is)."""
+        reasoning, text, calls = self.feed(token)
+        if entry is None and not (text or reasoning or calls):
+            return None
+        return TokenChunk(request_id, text, 1, None if entry is None else [entry], reasoning, calls)
+
+    def ending(
+        self, request_id: int, reason: str, prompt_tokens: int, generated: int, cached_tokens: int
+    ) -> list[FromWorker]:
+        """The messages that end the request: what the text still held, then ``Finished``. The
+        reason is "stop" when a stop string ended it (also one the held tail completed), and
+        "tool_calls" when it stopped after calling tools."""
+        reasoning, tail, calls = self.finish()
+        if self.stopped:
+            reason = "stop"
+        if reason == "stop" and self.called:
+            reason = "tool_calls"
+        out: list[FromWorker] = []
+        if tail or reasoning or calls:
+            out.append(TokenChunk(request_id, tail, 0, None, reasoning, calls))
+        stop = self.stop_sequence if reason == "stop" else None
+        out.append(Finished(request_id, reason, prompt_tokens, generated, cached_tokens, stop))
+        return out
 
     def finish(self) -> tuple[str, str, list[ToolCall]]:
         """What is held back, at the end of the generation."""

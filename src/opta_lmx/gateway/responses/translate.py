@@ -188,12 +188,16 @@ def _custom_function(name: str, tool: CustomTool, grammar: str | None) -> Tool:
     description = tool.description or ""
     if grammar is not None:
         description += f"\n\nThe input must be in the language of this Lark grammar:\n{grammar}"
-    parameters = {
+    parameters: dict[str, Any] = {
         "type": "object",
         "properties": {"input": {"type": "string", "description": "The tool's input, as free text."}},
         "required": ["input"],
         "additionalProperties": False,
     }
+    if isinstance(tool.format, GrammarFormat) and tool.format.syntax == "regex":
+        # A regular expression fits in the string's schema, so the grammar of the calls holds the
+        # input to it; a Lark grammar does not, and is only described to the model.
+        parameters["properties"]["input"]["pattern"] = f"^(?:{tool.format.definition})$"
     return Tool(name, description.strip() or None, parameters)
 
 

@@ -25,6 +25,8 @@ class Engine(Protocol):
     - ``cancel`` is idempotent: an unknown or finished request id is ignored. A cancelled request
       ends with ``Finished(finish_reason="cancelled")`` so its slot is visibly freed.
     - ``abort_all`` ends every active request with ``Failed(code, message)`` (shutdown).
+    - ``close`` is called once, after the last ``step`` and ``abort_all``, before the process
+      exits (drain, unload, swap, SIGTERM; not after SIGKILL).
     """
 
     model_name: str
@@ -60,6 +62,13 @@ class Engine(Protocol):
 
     def trim(self) -> None:
         """Release cached memory that no request needs."""
+        ...
+
+    def close(self) -> None:
+        """The worker is exiting: save what is meant to outlive it (the MLX engine writes its
+        prompt cache to its disk tier here) and wait until that is done. Nothing is generated
+        any more; it may take seconds (the supervisor's ``stop_grace`` bounds it with SIGKILL).
+        An engine with nothing to save does nothing."""
         ...
 
 

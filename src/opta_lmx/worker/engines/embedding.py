@@ -113,6 +113,9 @@ class EmbeddingEngine(BatchedEmbedder):
         gc.collect()
         mx.clear_cache()
 
+    def close(self) -> None:
+        """Nothing outlives an embedding worker: no cache is kept between requests."""
+
 
 def _ids(encoding: Encoding) -> Encoded:
     return list(encoding.ids), list(encoding.type_ids)

@@ -286,11 +286,9 @@ class GgufEngine:
         self.tokens_generated += 1
         if token in self._eos:
             return "stop"
-        reasoning, text, calls = request.text.feed(token)
-        if entry is not None:
-            out.append(TokenChunk(request.request_id, text, 1, [entry], reasoning, calls))
-        elif text or reasoning or calls:
-            out.append(TokenChunk(request.request_id, text, 1, None, reasoning, calls))
+        chunk = request.text.token_chunk(request.request_id, token, entry)
+        if chunk is not None:
+            out.append(chunk)
         if request.text.stopped:
             return "stop"
         if request.generated >= request.max_tokens:
@@ -299,16 +297,8 @@ class GgufEngine:
 
     def _finish(self, request: _Request, reason: str, out: list[FromWorker]) -> None:
         self._release(request)
-        reasoning, tail, calls = request.text.finish()
-        if request.text.stopped:  # also when the held-back tail completed a stop string
-            reason = "stop"
-        if reason == "stop" and request.text.called:
-            reason = "tool_calls"
-        if tail or reasoning or calls:
-            out.append(TokenChunk(request.request_id, tail, 0, None, reasoning, calls))
-        stop = request.text.stop_sequence if reason == "stop" else None
-        out.append(
-            Finished(request.request_id, reason, len(request.prompt), request.generated, request.cached_tokens, stop)
+        out.extend(
+            request.text.ending(request.request_id, reason, len(request.prompt), request.generated, request.cached_tokens)
         )
 
     def _release(self, request: _Request) -> None:

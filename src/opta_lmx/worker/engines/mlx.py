@@ -9,8 +9,10 @@ in the generator (eos, ``max_tokens``) has already left it.
 Text is made here, not in the generator: one ``TextStream`` per request (detokenizer, reasoning
 split, stop strings, tool calls), so stop strings split across tokens are never emitted.
 
-Every request that leaves the batch leaves its KV cache in the prompt cache (``mlx_prompt_cache``);
-a new prompt starts from the longest cached prefix of its tokens and prefills only the rest.
+Every request that leaves the batch leaves its KV cache in the prompt cache (``mlx_prompt_cache``),
+and a copy as soon as its prompt is prefilled; a new prompt starts from the longest cached prefix
+of its tokens and prefills only the rest. A request whose prefix is on its way (another request
+prefilling it, a disk-tier read: ``mlx_kv_reuse``) is ``Started`` and parked until it arrives.
 """
 
 from __future__ import annotations
@@ -25,31 +27,45 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from opta_lmx.config import EngineOptions
-from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, SamplingParams, Started, TokenChunk
-from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars
+from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
+from opta_lmx.worker.engines.mlx_grammar import Grammars
+from opta_lmx.worker.engines.mlx_kv_disk import DiskTier
+from opta_lmx.worker.engines.mlx_kv_reuse import KVReuse, Prefilling, Waiting
 from opta_lmx.worker.engines.mlx_prompt_cache import PromptCache
-from opta_lmx.worker.engines.mlx_sampling import LogprobReader, logits_processors_for, sampler_for
+from opta_lmx.worker.engines.mlx_requests import Prepared, RequestReader
+from opta_lmx.worker.engines.mlx_sampling import LogprobReader
 from opta_lmx.worker.engines.mlx_sequential import SequenceFailed, SequentialGenerator
-from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
-from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
-from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.text_stream import TextStream
-from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
 
 _DEFAULT_CTX_LEN = 4096
 _SOLO_UIDS = 1 << 40  # the solo generator's request ids start here, apart from the batch's
+_PARKED = -1  # the uid of a request not yet in a generator
+# How long an engine with nothing else to run waits for a disk read per step (a Cancel still gets
+# through between two waits).
+_READ_WAIT = 0.01
 
 
 @dataclass
 class _Request:
     request_id: int
-    uid: int  # the generator's id for it
-    prompt_tokens: int
-    max_tokens: int
-    text: TextStream
-    top_logprobs: int | None  # None: no logprobs asked for
-    cached_tokens: int  # prompt tokens taken from the prompt cache
+    prepared: Prepared
+    uid: int = _PARKED  # the generator's id for it
+    cached_tokens: int = 0  # prompt tokens taken from the prompt cache
     generated: int = 0
+    waiting: Waiting | None = None  # while parked: what for
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prepared.prompt)
+
+    @property
+    def text(self) -> TextStream:
+        return self.prepared.text
+
+    @property
+    def top_logprobs(self) -> int | None:  # None: no logprobs asked for
+        params = self.prepared.params
+        return params.top_logprobs if params.logprobs else None
 
 
 class MlxEngine:
@@ -59,7 +75,8 @@ class MlxEngine:
     already ``Started``); ``prefill_batch_size`` caps the prompts prefilled in one step, and
     ``prefill_step_size`` the tokens of each prompt per step, which bounds how much one step's
     prefill can delay the tokens of the others. ``prompt_cache_entries`` and
-    ``prompt_cache_bytes`` bound the prompt cache (``prompt_cache``), which ``trim`` empties.
+    ``prompt_cache_bytes`` bound the prompt cache (``prompt_cache``), which ``trim`` empties;
+    ``kv_disk_bytes`` and ``kv_disk_dir`` its disk tier, which ``close`` fills.
     ``kv_bits`` or a ``draft_model`` switch to one request at a time (``mlx_sequential``).
     """
 
@@ -88,14 +105,15 @@ class MlxEngine:
         )
         entries = 0 if options.sequential else options.prompt_cache_entries
         self.prompt_cache = PromptCache(entries, options.prompt_cache_bytes)
+        self.kv = KVReuse(self.prompt_cache, DiskTier.open(model_name, path, options), self._model_caches)
+        self._parked: list[_Request] = []
         self._requests: dict[int, _Request] = {}
         self._by_uid: dict[int, _Request] = {}
         self.tokens_generated = 0
         self._prefill_chunks = 0
         self._logprobs = LogprobReader(self._tokenizer)
-        tokenizer = self._tokenizer
-        self._think = (tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None
-        self._grammars = Grammars(tokenizer)
+        self._grammars = Grammars(self._tokenizer)
+        self._reader = RequestReader(self._tokenizer, self.ctx_len, self._grammars)
 
     def _new_batch(self) -> BatchGenerator | SequentialGenerator:
         options = self._options
@@ -132,82 +150,80 @@ class MlxEngine:
         self._prefill_chunks += 1
 
     def prompt_tokens(self, request: Generate) -> list[int]:
-        """The chat template's rendering of the messages, or a completion's prompt as it is."""
-        if request.prompt_ids is not None:
-            return list(request.prompt_ids)
-        if request.prompt is not None:
-            tokenizer = self._tokenizer
-            bos = tokenizer.bos_token is not None and not request.prompt.startswith(tokenizer.bos_token)
-            return list(tokenizer.encode(request.prompt, add_special_tokens=bos))
-        tools = template_tools(request.tools) or None
-        messages = template_messages(request.messages)
-        extra = {} if request.thinking is None else {"enable_thinking": request.thinking}
-        return list(self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, **extra))
+        return self._reader.prompt_tokens(request)
 
     def submit(self, request: Generate) -> list[FromWorker]:
         rid = request.request_id
-        try:
-            prompt = self.prompt_tokens(request)
-        except Exception as exc:  # the chat template rejected the messages (jinja raise)
-            return [Failed(rid, "invalid_request", f"chat template failed: {exc}")]
-        try:
-            constraint = self._grammars.for_request(request)
-        except GrammarError as exc:
-            return [Failed(rid, "invalid_request", str(exc))]
-        except Exception as exc:  # llguidance cannot take this tokenizer, or another fault
-            return [Failed(rid, "engine_error", f"constrained decoding unavailable: {type(exc).__name__}: {exc}")]
-        reasoning = self._reasoning_splitter(prompt)
-        if constraint and reasoning is not None and reasoning.inside:
-            # A grammar holds from the first token: close the thinking block the template opened
-            # (as templates do with thinking switched off), so the constrained text is the answer.
-            prompt = prompt + self._tokenizer.encode(self._think[1] + "\n\n", add_special_tokens=False)
-            reasoning = self._reasoning_splitter(prompt)
-        try:
-            max_tokens = max_tokens_for(request, prompt, self.ctx_len, len(self._tokenizer))
-        except Refused as exc:
-            return [exc.failed]
-        params = request.params
-        cache, cached = self.prompt_cache.fetch(prompt)
-        sampler = sampler_for(params)
-        # The grammar's mask comes last: nothing after it may make a banned token likely.
-        processors = logits_processors_for(params, self.ctx_len) + constraint
-        solo = self._fits_solo(params, bool(constraint), cached)
+        prepared = self._reader.prepare(request)
+        if isinstance(prepared, Failed):
+            return [prepared]
+        entry = _Request(rid, prepared)
+        waiting = self.kv.plan(prepared.prompt, self._prefilling())
+        self._requests[rid] = entry
+        if waiting is None:
+            try:
+                self._insert(entry)
+            except Exception:
+                self._forget(entry)
+                raise
+        else:  # its prefix is on its way: it joins a generator when that has come
+            entry.waiting, entry.cached_tokens = waiting, waiting.expected
+            self._parked.append(entry)
+        # Answered before the prefill, so the client gets its HTTP status and headers at once.
+        out: list[FromWorker] = [Started(rid, entry.prompt_tokens, entry.cached_tokens)]
+        if request.echo:
+            out.append(TokenChunk(rid, self._tokenizer.decode(prepared.prompt), 0))
+        return out
+
+    def _insert(self, request: _Request) -> None:
+        """Put a request into the solo path or the batch, from the best cache there is now."""
+        prepared = request.prepared
+        prompt = prepared.prompt
+        cache, cached = self.kv.start(prompt, request.waiting)
+        solo = self._fits_solo(request, cached)
         if not solo:
             self._leave_solo()
         (uid,) = (self._solo if solo else self._batch).insert(
             [prompt[cached:]],
-            max_tokens=[max_tokens],
+            max_tokens=[prepared.max_tokens],
             caches=[cache if cache is not None else self._fresh_cache()],  # None: the generator's own
             all_tokens=[prompt[:cached]],  # what the cache holds (penalties see the whole prompt)
-            samplers=[sampler],
-            logits_processors=[processors],
+            samplers=[prepared.sampler],
+            logits_processors=[prepared.processors],
         )
-        entry = _Request(
-            request_id=rid,
-            uid=uid,
-            prompt_tokens=len(prompt),
-            max_tokens=max_tokens,
-            text=TextStream(self._tokenizer.detokenizer, StopMatcher(params.stop), reasoning, self._tool_splitter(request)),
-            top_logprobs=params.top_logprobs if params.logprobs else None,
-            cached_tokens=cached,
-        )
-        self._requests[rid] = entry
-        self._by_uid[uid] = entry
-        # Answered before the prefill, so the client gets its HTTP status and headers at once.
-        out: list[FromWorker] = [Started(rid, len(prompt), cached)]
-        if request.echo:
-            out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
+        request.uid, request.cached_tokens, request.waiting = uid, cached, None
+        self._by_uid[uid] = request
+
+    def _prefilling(self) -> list[Prefilling]:
+        """Requests in a generator whose prompt is not computed yet (no token so far)."""
+        return [
+            Prefilling(r.request_id, r.prepared.prompt, r.prompt_tokens - r.cached_tokens)
+            for r in self._requests.values()
+            if r.uid != _PARKED and r.generated == 0
+        ]
+
+    def _unpark(self) -> list[FromWorker]:
+        out: list[FromWorker] = []
+        prefilling = {p.request_id for p in self._prefilling()}
+        for request in [r for r in self._parked if r.waiting is not None and self.kv.ready(r.waiting, prefilling)]:
+            self._parked.remove(request)
+            try:
+                self._insert(request)
+            except Exception as exc:  # it fails alone; the others go on
+                self._forget(request)
+                out.append(Failed(request.request_id, "engine_error", f"{type(exc).__name__}: {exc}"))
         return out
 
-    def _fits_solo(self, params: SamplingParams, constrained: bool, cached: int) -> bool:
-        """Alone, a request goes solo. Grammars and seeded draws would not survive the move into
-        the batch (their state runs one token ahead there); penalties over a cached prefix would
-        not see it (generate_step counts only the tokens it is given)."""
+    def _fits_solo(self, request: _Request, cached: int) -> bool:
+        """Alone in a generator, a request goes solo. Grammars and seeded draws would not survive
+        the move into the batch (their state runs one token ahead there); penalties over a cached
+        prefix would not see it (generate_step counts only the tokens it is given)."""
+        params = request.prepared.params
         penalties = params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
         return (
             self._solo is not None
-            and not self._requests
-            and not constrained
+            and not any(r.uid != _PARKED for r in self._requests.values() if r is not request)
+            and not request.prepared.constrained
             and (params.seed is None or params.temperature == 0)
             and not (cached and penalties)
         )
@@ -232,6 +248,10 @@ class MlxEngine:
             request.uid = uid
             self._by_uid[uid] = request
 
+    def _model_caches(self) -> list[Any]:
+        """An empty cache as this engine makes them (what a cache read from disk must match)."""
+        return self._fresh_cache() or make_prompt_cache(self._model)
+
     def _fresh_cache(self) -> list[Any] | None:
         """With ``max_kv_size``, the model's cache with its full-attention layers bounded to that
         many tokens; else None (the generator builds the model's own). mlx-lm's
@@ -242,22 +262,14 @@ class MlxEngine:
             return None
         return [RotatingKVCache(max_size=size, keep=4) if type(c) is KVCache else c for c in make_prompt_cache(self._model)]
 
-    def _tool_splitter(self, request: Generate) -> ToolCallSplitter | None:
-        tokenizer = self._tokenizer
-        if not request.tools or not tokenizer.has_tool_calling:
-            return None
-        tools = template_tools(request.tools)
-        return ToolCallSplitter(tokenizer.tool_call_start, tokenizer.tool_call_end, tokenizer.tool_parser, tools)
-
-    def _reasoning_splitter(self, prompt: list[int]) -> ReasoningSplitter | None:
-        if self._think is None:
-            return None
-        start, end = self._think
-        tail = self._tokenizer.decode(prompt[-16:])  # enough to see whether the prompt opened it
-        return ReasoningSplitter(start, end, starts_inside(tail, start, end))
-
     def step(self) -> list[FromWorker]:
         out: list[FromWorker] = []
+        self.kv.collect()
+        if self._parked:
+            out += self._unpark()
+            if len(self._parked) == len(self._requests):  # nothing else to run: wait for the disk
+                self.kv.wait_for_disk([r.waiting for r in self._parked if r.waiting], _READ_WAIT)
+                return out
         generator = self._solo if self._solo is not None and self._solo.active else self._batch
         try:
             prefilled, generated = generator.next()
@@ -269,18 +281,32 @@ class MlxEngine:
             return [Failed(request.request_id, "engine_error", str(exc))]
         except Exception as exc:  # the batch's state is unknown after a fault: fail it, start anew
             self._batch = self._new_batch()
-            self.prompt_cache.clear()  # with nothing carried over from that state either
+            self.kv.drop()  # with nothing carried over from that state either
             return out + self.abort_all("engine_error", f"{type(exc).__name__}: {exc}")
         self._prefill_chunks += len(prefilled)  # the batch's prompt chunks (the solo path reports its own)
         leaving = []
         for response in generated:
+            self._share_prompt(response)
             if not self._take(response, out) and response.finish_reason is None:
                 leaving.append(response.uid)  # it ended here, but the generator still holds it
             if response.finish_reason is not None:  # the generator let it go, with its cache
-                self.prompt_cache.store(response.all_tokens, response.prompt_cache)
+                self.kv.store(response.all_tokens, response.prompt_cache)
         if leaving:
             self._remove(leaving)
         return out
+
+    def _share_prompt(self, response: GenerationBatch.Response) -> None:
+        """On a request's first token (its prompt done), keep a copy of its cache for others."""
+        request = self._by_uid.get(response.uid)
+        if request is None or request.generated or response.finish_reason is not None or not self.prompt_cache.enabled:
+            return  # a request that ends here leaves its whole cache anyway
+        if response.uid >= _SOLO_UIDS:
+            held = self._solo.peek(response.uid) if self._solo is not None else None
+        else:
+            held = self._batch.extract_cache([response.uid]).get(response.uid)
+        if held is not None:
+            cache, tokens = held
+            self.kv.keep_snapshot(tokens, cache, request.prompt_tokens - request.cached_tokens)
 
     def _remove(self, uids: list[int], keep: bool = True) -> None:
         """Take requests out of their generator, keeping their caches (a cut-off answer or a
@@ -290,7 +316,7 @@ class MlxEngine:
         if solo and self._solo is not None:
             caches.update(self._solo.remove(solo, return_prompt_caches=keep))
         for cache, tokens in caches.values():
-            self.prompt_cache.store(tokens, cache)
+            self.kv.store(tokens, cache)
 
     def _take(self, response: GenerationBatch.Response, out: list[FromWorker]) -> bool:
         """Handle one sampled token; True while its request goes on."""
@@ -316,30 +342,22 @@ class MlxEngine:
         self.tokens_generated += 1
         if token in self._eos:
             return "stop"
-        reasoning, text, calls = request.text.feed(token)
+        entry = None
         if request.top_logprobs is not None:
             entry = self._logprobs.entry(token, response.logprobs, request.top_logprobs)
-            out.append(TokenChunk(request.request_id, text, 1, [entry], reasoning, calls))
-        elif text or reasoning or calls:
-            out.append(TokenChunk(request.request_id, text, 1, None, reasoning, calls))
+        chunk = request.text.token_chunk(request.request_id, token, entry)
+        if chunk is not None:
+            out.append(chunk)
         if request.text.stopped:
             return "stop"
-        if request.generated >= request.max_tokens:
+        if request.generated >= request.prepared.max_tokens:
             return "length"
         return None
 
     def _finish(self, request: _Request, reason: str, out: list[FromWorker]) -> None:
         self._forget(request)
-        reasoning, tail, calls = request.text.finish()
-        if request.text.stopped:  # also when the held-back tail completed a stop string
-            reason = "stop"
-        if reason == "stop" and request.text.called:
-            reason = "tool_calls"
-        if tail or reasoning or calls:
-            out.append(TokenChunk(request.request_id, tail, 0, None, reasoning, calls))
-        stop = request.text.stop_sequence if reason == "stop" else None
-        out.append(
-            Finished(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens, stop)
+        out.extend(
+            request.text.ending(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens)
         )
 
     def _forget(self, request: _Request) -> None:
@@ -351,7 +369,10 @@ class MlxEngine:
         if request is None:
             return []
         self._forget(request)
-        self._remove([request.uid])
+        if request.uid == _PARKED:
+            self._parked.remove(request)
+        else:
+            self._remove([request.uid])
         return [Finished(request_id, "cancelled", request.prompt_tokens, request.generated, request.cached_tokens)]
 
     def abort_all(self, code: str, message: str) -> list[FromWorker]:
@@ -360,6 +381,7 @@ class MlxEngine:
             self._remove(list(self._by_uid), keep=False)
         self._requests.clear()
         self._by_uid.clear()
+        self._parked.clear()
         return out
 
     def memory(self) -> MemoryReading:
@@ -370,7 +392,10 @@ class MlxEngine:
         )
 
     def trim(self) -> None:
-        self.prompt_cache.clear()  # the memory is wanted: a cached prefix is only a saving
+        self.kv.trim()  # the memory is wanted: a cached prefix is only a saving
         gc.collect()
         mx.clear_cache()
+
+    def close(self) -> None:
+        self.kv.close()
 

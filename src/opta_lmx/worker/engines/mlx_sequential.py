@@ -206,6 +206,14 @@ class SequentialGenerator:
                 caches[current.uid] = (current.cache, current.held)
         return caches
 
+    def peek(self, uid: int) -> tuple[list[Any], list[int]] | None:
+        """The running request's cache (still in use: copy it before keeping it) and the tokens
+        it holds; None if ``uid`` is not running or its cache is not kept."""
+        current = self._current
+        if current is None or current.uid != uid or not self._keep_caches or current.cache is None:
+            return None
+        return current.cache, current.held
+
     def detach(self, uid: int) -> Detached | None:
         """Take a request out, with what it needs to go on in another generator."""
         if self._current is not None and self._current.uid == uid:
