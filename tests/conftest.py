@@ -70,6 +70,15 @@ def minilm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def minilm_gguf(tmp_path_factory: pytest.TempPathFactory, minilm_model: Path) -> Path:
+    """all-MiniLM-L6-v2 as a GGUF (float16 matrices), written as llama.cpp's converter writes a
+    BertModel (tests/support/bert_gguf.py): a real encoder for the GGUF embedding engine."""
+    from tests.support.bert_gguf import write_bert_gguf
+
+    return write_bert_gguf(minilm_model, tmp_path_factory.mktemp("minilm-gguf") / "all-MiniLM-L6-v2.F16.gguf")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

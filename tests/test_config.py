@@ -150,8 +150,11 @@ def test_options_of_the_other_engine_are_refused(tmp_path: Path) -> None:
         parse_config(mlx + "slots=2")
     with pytest.raises(ConfigError, match="flash_attn applies to GGUF"):
         parse_config(mlx + "flash_attn='on'")
-    with pytest.raises(ConfigError, match="batch_size applies to MLX models only; kv_bits applies to MLX"):
+    with pytest.raises(ConfigError, match="batch_size applies to MLX models, MLX embedding models and GGUF embedding models only; kv_bits applies to MLX"):
         parse_config(gguf + "batch_size=4\nkv_bits=8")
+    with pytest.raises(ConfigError, match="kv_disk_bytes applies to MLX models only"):  # the disk tier is the MLX engine's
+        parse_config(gguf + "kv_disk_bytes=0")
+    assert parse_config(mlx + "kv_disk_bytes=0").models[0].options.kv_disk_bytes == 0
     # A directory holding a GGUF is a GGUF model too, and "gguf" named outright.
     with pytest.raises(ConfigError, match="max_kv_size applies to MLX"):
         parse_config(f"[[models]]\nname='a'\npath='{gguf_dir}'\n[models.options]\nmax_kv_size=64")

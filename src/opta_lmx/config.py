@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from opta_lmx.errors import ConfigError
+from opta_lmx.gguf_metadata import gguf_traits
 
 DEMO_MODEL_NAME = "opta-demo"
-ENGINES = ("auto", "mlx", "gguf", "embedding")
+ENGINES = ("auto", "mlx", "gguf", "embedding", "gguf-embedding")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -112,14 +114,15 @@ class Preset(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Options of a model's worker: the MLX engine's, the GGUF engine's, and how it streams.
-    An option of one engine set on a model of the other is refused (``engine_option_errors``)."""
+    """Options of a model's worker: each engine's, and how it streams. An option set on a model
+    whose engine has no use for it is refused (``engine_option_errors``)."""
 
-    # Requests decoded together; more wait their turn.
+    # Requests decoded together; more wait their turn. An embedding model's forward pass takes at
+    # most batch_size inputs.
     batch_size: int = 32
     # Prompts prefilled together, and prompt tokens per prefill step (bounds how long one step's
-    # prefill delays the tokens of the requests already decoding). An embedding model's forward
-    # pass takes at most batch_size inputs and prefill_step_size padded tokens.
+    # prefill delays the tokens of the requests already decoding). An MLX embedding model's
+    # forward pass takes at most prefill_step_size padded tokens.
     prefill_batch_size: int = 8
     prefill_step_size: int = 2048
     # A rotating KV cache of at most this many tokens per request (0 = the whole context).
@@ -158,35 +161,73 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     slot_context: int = 4096
     # Threads of llama.cpp's compute (0: every core but one, which the gateway needs).
     threads: int = 0
-    # Tokens per decode call (a step's new tokens and prompt chunks) and per compute pass.
+    # Tokens per decode call (a step's new tokens and prompt chunks) and per compute pass. A GGUF
+    # embedding model computes each forward pass, and so each input, in one pass of n_ubatch tokens.
     n_batch: int = 2048
     n_ubatch: int = 512
     # llama.cpp's flash attention: "auto", "on" or "off" (it changes greedy text a little).
     flash_attn: Literal["auto", "on", "off"] = "auto"
     # A Jinja chat template that replaces the model's own (a GGUF may have none).
     chat_template: str = ""
+    # GGUF embedding models: how a text's token states become its vector ("": as the file says,
+    # else "mean" for an encoder and "last" for a decoder), and whether vectors are scaled to unit
+    # length (what sentence-transformers models are trained for).
+    pooling: Literal["", "mean", "cls", "last"] = ""
+    normalize: bool = True
 
     @property
     def sequential(self) -> bool:
         return bool(self.kv_bits or self.draft_model)
 
 
-# The options that mean something to one engine only (the others apply to both).
-_MLX_ONLY = (
-    "batch_size", "prefill_batch_size", "prefill_step_size", "max_kv_size", "prompt_cache_bytes",
-    "kv_bits", "kv_group_size", "quantized_kv_start", "draft_model", "num_draft_tokens",
-)
-_GGUF_ONLY = ("slots", "slot_context", "threads", "n_batch", "n_ubatch", "flash_attn")
+_MLX, _GGUF, _EMBEDDING, _GGUF_EMBEDDING = "mlx", "gguf", "embedding", "gguf-embedding"
+_ENGINE_KINDS = {
+    _MLX: "MLX models",
+    _GGUF: "GGUF (llama.cpp) models",
+    _EMBEDDING: "MLX embedding models",
+    _GGUF_EMBEDDING: "GGUF embedding models",
+}
+# The engines each option means something to; the options not listed (stream_interval_ms,
+# max_queued) apply to every engine.
+_OPTION_ENGINES: dict[str, tuple[str, ...]] = {
+    "batch_size": (_MLX, _EMBEDDING, _GGUF_EMBEDDING),
+    "prefill_batch_size": (_MLX,),
+    "prefill_step_size": (_MLX, _EMBEDDING),
+    "max_kv_size": (_MLX,),
+    "prompt_cache_entries": (_MLX, _GGUF),
+    "prompt_cache_bytes": (_MLX,),
+    "kv_disk_bytes": (_MLX,),
+    "kv_disk_dir": (_MLX,),
+    "kv_bits": (_MLX,),
+    "kv_group_size": (_MLX,),
+    "quantized_kv_start": (_MLX,),
+    "draft_model": (_MLX,),
+    "num_draft_tokens": (_MLX,),
+    "slots": (_GGUF,),
+    "slot_context": (_GGUF,),
+    "threads": (_GGUF, _GGUF_EMBEDDING),
+    "n_batch": (_GGUF,),
+    "n_ubatch": (_GGUF, _GGUF_EMBEDDING),
+    "flash_attn": (_GGUF, _GGUF_EMBEDDING),
+    "chat_template": (_MLX, _GGUF),
+    "pooling": (_GGUF_EMBEDDING,),
+    "normalize": (_GGUF_EMBEDDING,),
+}
 
 
 def engine_option_errors(options: EngineOptions, engine: str) -> list[str]:
-    """The options set (to other than their default) that ``engine`` ("mlx" or "gguf") has no
-    use for, each with the reason."""
-    other = _GGUF_ONLY if engine == "mlx" else _MLX_ONLY if engine == "gguf" else ()
+    """The options set (to other than their default) that ``engine`` has no use for, each with
+    the reason; none for a plug-in, which takes what it takes."""
+    if engine not in _ENGINE_KINDS:
+        return []
     default = EngineOptions()
-    wrong = [name for name in other if getattr(options, name) != getattr(default, name)]
-    kind = "GGUF (llama.cpp)" if engine == "mlx" else "MLX"
-    return [f"{name} applies to {kind} models only" for name in wrong]
+    errors = []
+    for name, engines in _OPTION_ENGINES.items():
+        if engine not in engines and getattr(options, name) != getattr(default, name):
+            kinds = [_ENGINE_KINDS[e] for e in engines]
+            listed = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+            errors.append(f"{name} applies to {listed} only")
+    return errors
 
 
 def gguf_file(path: str) -> Path:
@@ -208,16 +249,40 @@ _ENCODER_ARCHITECTURES = ("BertModel", "BertForSequenceClassification")
 
 
 def resolve_engine(spec: str, path: str) -> str:
-    """``auto`` is ``gguf`` for a GGUF file (or a directory holding one), ``embedding`` for an
-    encoder (a sentence-transformers model, or a config.json naming a BERT encoder or
-    cross-encoder), ``mlx`` otherwise."""
+    """The engine that serves the model at ``path``: ``spec`` itself unless it is ``auto``.
+
+    ``auto`` is, for a GGUF file (or a directory holding one), ``gguf-embedding`` when its header
+    says it is an embedding model (an encoder, or a pooling type) and ``gguf`` otherwise; for a
+    directory, ``embedding`` for an encoder (a sentence-transformers model, or a config.json naming
+    a BERT encoder or cross-encoder) and ``mlx`` otherwise. ``gguf-embedding`` named outright
+    serves any GGUF's pooled embeddings, a decoder's too."""
     if spec != "auto":
         return spec
     location = Path(path).expanduser()
     is_gguf = location.suffix == ".gguf" or (location.is_dir() and any(location.glob("*.gguf")))
     if is_gguf:
-        return "gguf"
-    return "embedding" if _is_encoder(location) else "mlx"
+        return _GGUF_EMBEDDING if _gguf_embeds(path) else _GGUF
+    return _EMBEDDING if _is_encoder(location) else _MLX
+
+
+def _gguf_embeds(path: str) -> bool:
+    try:
+        return gguf_traits(gguf_file(path)).embeds
+    except (OSError, ValueError, struct.error):
+        return False  # the engine's load says what is wrong with the file
+
+
+def _gguf_encoder(path: str) -> str | None:
+    """The architecture of the GGUF at ``path`` if it is an encoder (it cannot generate)."""
+    try:
+        traits = gguf_traits(gguf_file(path))
+    except (OSError, ValueError, struct.error):
+        return None
+    return traits.architecture if traits.encoder else None
+
+
+# llama.cpp's LLAMA_MAX_SEQ: sequences one context may hold (a GGUF embedding batch's inputs).
+_LLAMA_MAX_SEQUENCES = 256
 
 
 def _is_encoder(location: Path) -> bool:
@@ -233,8 +298,10 @@ def _is_encoder(location: Path) -> bool:
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
-    # "auto" (GGUF files -> "gguf"; a sentence-transformers model or BERT encoder -> "embedding";
-    # else "mlx"), "mlx", "gguf", "embedding", or "package.module:Class" (a plug-in).
+    # "auto" (a GGUF file -> "gguf", or "gguf-embedding" for an encoder or a file with a pooling
+    # type; a sentence-transformers model or BERT encoder -> "embedding"; else "mlx"), "mlx",
+    # "gguf", "embedding", "gguf-embedding" (any GGUF's pooled embeddings, a decoder's too), or
+    # "package.module:Class" (a plug-in).
     engine: str = "auto"
     # Other names clients may use for this model.
     aliases: list[str] = []
@@ -337,9 +404,20 @@ def _check(config: Config, source: str) -> None:
                 f"{source}: model {model.name!r}: n_batch ({options.n_batch}) must be at least slots "
                 f"({options.slots}): every step decodes a token for each slot"
             )
-        misplaced = engine_option_errors(options, resolve_engine(model.engine, model.path))
+        engine = resolve_engine(model.engine, model.path)
+        misplaced = engine_option_errors(options, engine)
         if misplaced:
             raise ConfigError(f"{source}: model {model.name!r} ({model.path}): {'; '.join(misplaced)}")
+        if engine == _GGUF and (encoder := _gguf_encoder(model.path)) is not None:
+            raise ConfigError(
+                f"{source}: model {model.name!r} ({model.path}) is an encoder ({encoder}): it makes "
+                f'embeddings and cannot generate text; use engine = "auto" or "gguf-embedding"'
+            )
+        if engine == _GGUF_EMBEDDING and options.batch_size > _LLAMA_MAX_SEQUENCES:
+            raise ConfigError(
+                f"{source}: model {model.name!r}: batch_size must be at most {_LLAMA_MAX_SEQUENCES} "
+                "for a GGUF embedding model (llama.cpp's limit of sequences in one context)"
+            )
         if options.kv_bits and options.max_kv_size:
             raise ConfigError(
                 f"{source}: model {model.name!r}: kv_bits and max_kv_size together are not supported "

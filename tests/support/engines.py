@@ -1,4 +1,5 @@
-"""Engine plug-ins for tests: the real MLX and embedding engines, made slow or stuck on purpose."""
+"""Engine plug-ins for tests: the real MLX, embedding and GGUF embedding engines, made slow or
+stuck on purpose."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 
 from opta_lmx.proto import FromWorker
 from opta_lmx.worker.engines.embedding import EmbeddingEngine
+from opta_lmx.worker.engines.gguf_embedding import GgufEmbeddingEngine
 from opta_lmx.worker.engines.mlx import MlxEngine
 
 STALL_AFTER = 5
@@ -98,6 +100,15 @@ SLOW_EMBED_STEP_SECONDS = 0.5
 class SlowEmbeddingEngine(EmbeddingEngine):
     """An embedding forward pass that takes ``SLOW_EMBED_STEP_SECONDS`` more: a request is still
     in flight when a test acts on its worker, whatever the machine's speed."""
+
+    def step(self) -> list[FromWorker]:
+        if self.active:
+            time.sleep(SLOW_EMBED_STEP_SECONDS)
+        return super().step()
+
+
+class SlowGgufEmbeddingEngine(GgufEmbeddingEngine):
+    """The GGUF embedding engine with ``SLOW_EMBED_STEP_SECONDS`` more a pass."""
 
     def step(self) -> list[FromWorker]:
         if self.active:

@@ -1,19 +1,17 @@
 """The few numbers of a GGUF file's header that size its KV cache, read without llama.cpp.
 
-The ``gguf`` package's reader parses every tensor and metadata array into Python objects (20 s
-for a 49k-token vocabulary on a busy 2-core machine): too slow for an admission check. This
-reads the key-value section alone, skipping the vocabulary arrays.
+The header is read by ``opta_lmx.gguf_metadata`` (the key-value section alone, skipping the
+vocabulary arrays), quick enough for an admission check.
 """
 
 from __future__ import annotations
 
-import mmap
 import struct
 from functools import lru_cache
 from pathlib import Path
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
+from opta_lmx.gguf_metadata import read_metadata
+
 _F16_BYTES = 2  # llama.cpp's default KV cache type
 
 
@@ -46,44 +44,3 @@ def _sizes(path: str, mtime_ns: int, size: int) -> tuple[int, int]:
     per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers
     per_token = sum(int(h) for h in per_layer) * (key + value) * _F16_BYTES  # type: ignore[call-overload]
     return per_token, int(meta.get(f"{arch}.context_length", 0))  # type: ignore[call-overload]
-
-
-def read_metadata(path: Path) -> dict[str, object]:
-    """The header's key-values: scalars and strings as values; arrays of numbers as lists;
-    arrays of strings (the vocabulary) skipped."""
-    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if data[:4] != b"GGUF":
-            raise ValueError("not a GGUF file")
-        version, _tensors, count = struct.unpack_from("<IQQ", data, 4)
-        if version < 2:
-            raise ValueError(f"GGUF version {version} is not supported")
-        at = 24
-        meta: dict[str, object] = {}
-        for _ in range(count):
-            key, at = _string(data, at)
-            (kind,) = struct.unpack_from("<I", data, at)
-            meta[key], at = _value(data, at + 4, kind)
-        return meta
-
-
-def _string(data: mmap.mmap, at: int) -> tuple[str, int]:
-    (length,) = struct.unpack_from("<Q", data, at)
-    return data[at + 8 : at + 8 + length].decode("utf-8", "replace"), at + 8 + length
-
-
-def _value(data: mmap.mmap, at: int, kind: int) -> tuple[object, int]:
-    if kind == _STRING:
-        return _string(data, at)
-    if kind == _ARRAY:
-        item, count = struct.unpack_from("<IQ", data, at)
-        at += 12
-        if item == _STRING:
-            for _ in range(count):
-                (length,) = struct.unpack_from("<Q", data, at)
-                at += 8 + length
-            return None, at
-        fmt = _SCALARS[item]
-        width = struct.calcsize(fmt)
-        return list(struct.unpack_from(f"<{count}{fmt[1]}", data, at)), at + count * width
-    fmt = _SCALARS[kind]
-    return struct.unpack_from(fmt, data, at)[0], at + struct.calcsize(fmt)

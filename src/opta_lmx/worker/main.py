@@ -27,7 +27,7 @@ EXIT_LOAD_FAILED = 3
 
 
 def load_engine_class(spec: str) -> Callable[[str, str, EngineOptions], Engine]:
-    """``mlx``, ``gguf``, ``embedding`` or a plug-in ``package.module:Class`` built as
+    """``mlx``, ``gguf``, ``embedding``, ``gguf-embedding`` or a plug-in ``package.module:Class`` built as
     ``Class(model_name, path, options)``."""
     if spec == "mlx":
         from opta_lmx.worker.engines.mlx import MlxEngine
@@ -37,7 +37,7 @@ def load_engine_class(spec: str) -> Callable[[str, str, EngineOptions], Engine]:
         from opta_lmx.worker.engines.embedding import EmbeddingEngine
 
         return EmbeddingEngine
-    if spec == "gguf":
+    if spec in ("gguf", "gguf-embedding"):
         try:
             import llama_cpp  # noqa: F401  (the optional dependency: say which extra brings it)
         except ImportError:
@@ -45,6 +45,10 @@ def load_engine_class(spec: str) -> Callable[[str, str, EngineOptions], Engine]:
                 "GGUF models need llama-cpp-python, which is not installed: "
                 "pip install 'opta-lmx[gguf]'"
             ) from None
+        if spec == "gguf-embedding":
+            from opta_lmx.worker.engines.gguf_embedding import GgufEmbeddingEngine
+
+            return GgufEmbeddingEngine
         from opta_lmx.worker.engines.gguf import GgufEngine
 
         return GgufEngine
@@ -56,7 +60,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opta-lmx-worker")
     parser.add_argument("--model")
     parser.add_argument("--path")
-    parser.add_argument("--engine", default="auto", help='"auto", "mlx", "gguf", "embedding" or "package.module:Class"')
+    parser.add_argument("--engine", default="auto", help='"auto", "mlx", "gguf", "embedding", "gguf-embedding" or "package.module:Class"')
     parser.add_argument("--generation", type=int, default=0)
     parser.add_argument("--spare", type=int, default=None, help="start as warm spare number N")
     parser.add_argument("--data", required=True, help="gateway data ROUTER address")

@@ -15,8 +15,6 @@ conversation prefills only the answer and the new message): that is the prompt c
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import itertools
 import warnings
@@ -28,7 +26,7 @@ import numpy as np
 
 from opta_lmx.config import EngineOptions, gguf_file
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk, TokenLogprob, TokenLogprobs
-from opta_lmx.worker.engines.gguf_context import ContextSettings, DecodeError, SlotContext
+from opta_lmx.worker.engines.gguf_context import ContextSettings, DecodeError, SlotContext, release_heap
 from opta_lmx.worker.engines.gguf_sampling import RowSampler, log_softmax
 from opta_lmx.worker.engines.gguf_tokenizer import GgufTokenizer, NoChatTemplate
 from opta_lmx.worker.grammar import GrammarError, Grammars
@@ -339,7 +337,7 @@ class GgufEngine:
         """Return freed heap memory to the system (the KV cache is allocated once and kept, so
         emptying the slots would free nothing)."""
         gc.collect()
-        _malloc_trim()
+        release_heap()
 
     def close(self) -> None:
         self._context.close()
@@ -354,12 +352,3 @@ def _shared_prefix(cached: list[int], prompt: list[int], limit: int) -> int:
     b = np.asarray(prompt[:n])
     differ = np.flatnonzero(a != b)
     return int(differ[0]) if differ.size else n
-
-
-def _malloc_trim() -> None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        libc.malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS): nothing to do
-        pass

@@ -19,6 +19,9 @@ import llama_cpp
 from mlx_lm.tokenizer_utils import _infer_thinking, _infer_tool_parser
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from opta_lmx.worker.engines.gguf_context import tokenize
+
+
 class NoChatTemplate(ValueError):
     """The model has no chat template and none is configured: chat requests cannot be rendered."""
 
@@ -124,15 +127,7 @@ class GgufTokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Tokens of ``text``; special tokens written in it are parsed as such (as Hugging Face
         tokenizers do); ``add_special_tokens`` adds the BOS the model wants."""
-        raw = text.encode("utf-8")
-        capacity = len(raw) + 8
-        tokens = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), tokens, capacity, add_special_tokens, True)
-        if n < 0:
-            capacity = -n
-            tokens = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), tokens, capacity, add_special_tokens, True)
-        return list(tokens[:n])
+        return tokenize(self.vocab, text, add_special_tokens)
 
     def decode(self, tokens: list[int]) -> str:
         return b"".join(self.pieces.piece(t) for t in tokens).decode("utf-8", "replace")

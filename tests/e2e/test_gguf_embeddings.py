@@ -1,0 +1,126 @@
+"""GGUF embedding models through a real server and the ``openai`` SDK: all-MiniLM-L6-v2 written as a
+GGUF (an encoder, found by ``engine = "auto"``) and SmolLM2's GGUF named ``gguf-embedding`` (a
+decoder serving last-token embeddings)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.conftest import Server, served
+
+CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
+BATCH_ATOL = 1e-3  # see tests/worker/test_gguf_embedding_engine.py
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, minilm_gguf: Path, smollm2_gguf: Path) -> Iterator[Server]:
+    config = (
+        f'[[models]]\nname = "minilm-gguf"\npath = "{minilm_gguf}"\n[models.options]\nthreads = 1\n'
+        f'[[models]]\nname = "smollm2-embed"\npath = "{smollm2_gguf}"\nengine = "gguf-embedding"\n'
+        "[models.options]\nthreads = 1\n"
+    )
+    with served(tmp_path_factory.mktemp("gguf-embed-server"), config) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=300) as sdk:
+        yield sdk
+
+
+def rows(reply: openai.types.CreateEmbeddingResponse) -> np.ndarray:
+    assert [d.index for d in reply.data] == list(range(len(reply.data)))
+    return np.array([d.embedding for d in reply.data])
+
+
+def test_an_encoder_gguf_embeds_by_meaning_in_floats_and_base64(client: openai.OpenAI) -> None:
+    reply = client.embeddings.create(model="minilm-gguf", input=[CAT, KITTEN, STOCKS], encoding_format="float")
+    vectors = rows(reply)
+    assert vectors.shape == (3, 384) and reply.model == "minilm-gguf"
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    close, far = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert close > 0.5 and far < 0.2 and close - far > 0.4, (close, far)
+    assert reply.usage.prompt_tokens == reply.usage.total_tokens == 23  # [CLS] and [SEP] counted
+    # Without encoding_format the SDK asks for base64 and decodes it itself.
+    np.testing.assert_array_equal(rows(client.embeddings.create(model="minilm-gguf", input=[CAT, KITTEN, STOCKS])), vectors)
+    raw = client.embeddings.create(model="minilm-gguf", input=[CAT, KITTEN, STOCKS], encoding_format="base64")
+    as_bytes = np.stack([np.frombuffer(base64.b64decode(d.embedding), "<f4") for d in raw.data])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(as_bytes, vectors)
+
+
+def test_concurrent_requests_share_passes_and_keep_their_vectors(client: openai.OpenAI) -> None:
+    texts = [f"item {i}: a cat" for i in range(16)]
+
+    def one(text: str) -> np.ndarray:
+        return rows(client.embeddings.create(model="minilm-gguf", input=text, encoding_format="float"))[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        concurrent = np.stack(list(pool.map(one, texts)))
+    together = rows(client.embeddings.create(model="minilm-gguf", input=texts, encoding_format="float"))
+    np.testing.assert_allclose(concurrent, together, atol=BATCH_ATOL)
+    assert len({v.tobytes() for v in together}) == 16
+
+
+def test_rerank_by_cosine_puts_the_kitten_first(server: Server) -> None:
+    body = {"model": "minilm-gguf", "query": CAT, "documents": [STOCKS, KITTEN, "The weather is cold."]}
+    reply = httpx.post(f"{server.base_url}/v1/rerank", json=body, timeout=60).json()
+    assert reply["method"] == "cosine" and reply["model"] == "minilm-gguf"
+    results = reply["results"]
+    assert results[0]["index"] == 1 and results[0]["document"] == {"text": KITTEN}
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and scores[0] - scores[-1] > 0.4
+
+
+def test_a_decoder_named_gguf_embedding_embeds_alike_alone_or_batched(client: openai.OpenAI) -> None:
+    texts = [CAT, "Short.", STOCKS]
+    batch = client.embeddings.create(model="smollm2-embed", input=texts, encoding_format="float")
+    vectors = rows(batch)
+    assert vectors.shape == (3, 576) and batch.usage.prompt_tokens > 3
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    alone = np.concatenate([rows(client.embeddings.create(model="smollm2-embed", input=t, encoding_format="float")) for t in texts])
+    np.testing.assert_allclose(vectors, alone, atol=BATCH_ATOL)
+
+
+def test_a_gguf_embedding_model_writes_no_text(client: openai.OpenAI, server: Server) -> None:
+    for model in ("minilm-gguf", "smollm2-embed"):
+        with pytest.raises(openai.BadRequestError, match="is an embedding model; it does not generate text") as info:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert info.value.status_code == 400 and info.value.code == "invalid_request"
+    with pytest.raises(openai.BadRequestError, match="does not generate text"):
+        client.completions.create(model="minilm-gguf", prompt="hi", stream=True)
+    with pytest.raises(openai.BadRequestError, match="Matryoshka"):
+        client.embeddings.create(model="minilm-gguf", input=CAT, dimensions=128)
+
+
+def test_the_gguf_embedding_worker_survives_a_kill_9(make_server, minilm_gguf: Path) -> None:
+    server: Server = make_server(
+        f'[supervisor]\nbackoff_initial = 0.2\n[[models]]\nname = "minilm-gguf"\npath = "{minilm_gguf}"\n'
+        'engine = "tests.support.engines:SlowGgufEmbeddingEngine"\n[models.options]\nbatch_size = 1\nthreads = 1\n'
+    )
+    server.wait_models()
+    gateway_pid, worker_pid = server.gateway_pid(), server.worker_pid("minilm-gguf")
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=120)
+    with ThreadPoolExecutor(1) as pool:
+        # Eight inputs, one a pass, each pass slowed down: in flight for seconds.
+        pending = pool.submit(client.embeddings.create, model="minilm-gguf", input=["a cat"] * 8)
+        server.wait_in_flight("minilm-gguf", 1)
+        os.kill(worker_pid, signal.SIGKILL)
+        with pytest.raises(openai.InternalServerError) as info:
+            pending.result(timeout=60)
+    assert info.value.status_code == 503 and info.value.code == "worker_crashed"
+    server.wait_new_worker("minilm-gguf", worker_pid)
+    reply = client.embeddings.create(model="minilm-gguf", input=CAT, encoding_format="float")
+    assert len(reply.data[0].embedding) == 384
+    assert server.gateway_pid() == gateway_pid
+    client.close()
