@@ -13,6 +13,7 @@ from typing import Iterator
 
 import httpx
 import numpy as np
+import ollama
 import openai
 import pytest
 
@@ -124,3 +125,13 @@ def test_the_gguf_embedding_worker_survives_a_kill_9(make_server, minilm_gguf: P
     assert len(reply.data[0].embedding) == 384
     assert server.gateway_pid() == gateway_pid
     client.close()
+
+
+def test_ollama_embed_serves_a_gguf_embedding_model(server: Server, client: openai.OpenAI) -> None:
+    ollama_client = ollama.Client(host=server.base_url, timeout=300)
+    try:
+        reply = ollama_client.embed(model="minilm-gguf", input=[CAT, KITTEN])
+    finally:
+        ollama_client.close()
+    np.testing.assert_allclose(np.array(reply.embeddings), rows(client.embeddings.create(model="minilm-gguf", input=[CAT, KITTEN], encoding_format="float")), atol=1e-6)
+    assert reply.prompt_eval_count == 16
