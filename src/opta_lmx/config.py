@@ -6,17 +6,15 @@ nothing below the command line reads the environment.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import struct
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
+from opta_lmx.engine_choice import GGUF, GGUF_EMBEDDING, LLAMA_MAX_SEQUENCES, engine_option_errors, gguf_encoder, resolve_engine
 from opta_lmx.errors import ConfigError
-from opta_lmx.gguf_metadata import gguf_traits
 
 DEMO_MODEL_NAME = "opta-demo"
 ENGINES = ("auto", "mlx", "gguf", "embedding", "gguf-embedding")
@@ -180,121 +178,6 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return bool(self.kv_bits or self.draft_model)
 
 
-_MLX, _GGUF, _EMBEDDING, _GGUF_EMBEDDING = "mlx", "gguf", "embedding", "gguf-embedding"
-_ENGINE_KINDS = {
-    _MLX: "MLX models",
-    _GGUF: "GGUF (llama.cpp) models",
-    _EMBEDDING: "MLX embedding models",
-    _GGUF_EMBEDDING: "GGUF embedding models",
-}
-# The engines each option means something to; the options not listed (stream_interval_ms,
-# max_queued) apply to every engine.
-_OPTION_ENGINES: dict[str, tuple[str, ...]] = {
-    "batch_size": (_MLX, _EMBEDDING, _GGUF_EMBEDDING),
-    "prefill_batch_size": (_MLX,),
-    "prefill_step_size": (_MLX, _EMBEDDING),
-    "max_kv_size": (_MLX,),
-    "prompt_cache_entries": (_MLX, _GGUF),
-    "prompt_cache_bytes": (_MLX,),
-    "kv_disk_bytes": (_MLX,),
-    "kv_disk_dir": (_MLX,),
-    "kv_bits": (_MLX,),
-    "kv_group_size": (_MLX,),
-    "quantized_kv_start": (_MLX,),
-    "draft_model": (_MLX,),
-    "num_draft_tokens": (_MLX,),
-    "slots": (_GGUF,),
-    "slot_context": (_GGUF,),
-    "threads": (_GGUF, _GGUF_EMBEDDING),
-    "n_batch": (_GGUF,),
-    "n_ubatch": (_GGUF, _GGUF_EMBEDDING),
-    "flash_attn": (_GGUF, _GGUF_EMBEDDING),
-    "chat_template": (_MLX, _GGUF),
-    "pooling": (_GGUF_EMBEDDING,),
-    "normalize": (_GGUF_EMBEDDING,),
-}
-
-
-def engine_option_errors(options: EngineOptions, engine: str) -> list[str]:
-    """The options set (to other than their default) that ``engine`` has no use for, each with
-    the reason; none for a plug-in, which takes what it takes."""
-    if engine not in _ENGINE_KINDS:
-        return []
-    default = EngineOptions()
-    errors = []
-    for name, engines in _OPTION_ENGINES.items():
-        if engine not in engines and getattr(options, name) != getattr(default, name):
-            kinds = [_ENGINE_KINDS[e] for e in engines]
-            listed = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
-            errors.append(f"{name} applies to {listed} only")
-    return errors
-
-
-def gguf_file(path: str) -> Path:
-    """The GGUF file a model path names: the file itself, or the one model file in a directory
-    (of a split model, its first part; multimodal projectors, ``mmproj*``, are not the model)."""
-    location = Path(path).expanduser()
-    if not location.is_dir():
-        return location
-    found = sorted(p for p in location.glob("*.gguf") if not p.name.startswith("mmproj"))
-    models = [p for p in found if "-of-" not in p.stem or p.stem.split("-of-")[0].endswith("-00001")]
-    if len(models) != 1:
-        names = ", ".join(p.name for p in models) or "none"
-        raise ValueError(f"{path} must hold exactly one GGUF model file (found: {names})")
-    return models[0]
-
-
-# Encoders whose config.json says what they are; a sentence-transformers modules.json says it too.
-_ENCODER_ARCHITECTURES = ("BertModel", "BertForSequenceClassification")
-
-
-def resolve_engine(spec: str, path: str) -> str:
-    """The engine that serves the model at ``path``: ``spec`` itself unless it is ``auto``.
-
-    ``auto`` is, for a GGUF file (or a directory holding one), ``gguf-embedding`` when its header
-    says it is an embedding model (an encoder, or a pooling type) and ``gguf`` otherwise; for a
-    directory, ``embedding`` for an encoder (a sentence-transformers model, or a config.json naming
-    a BERT encoder or cross-encoder) and ``mlx`` otherwise. ``gguf-embedding`` named outright
-    serves any GGUF's pooled embeddings, a decoder's too."""
-    if spec != "auto":
-        return spec
-    location = Path(path).expanduser()
-    is_gguf = location.suffix == ".gguf" or (location.is_dir() and any(location.glob("*.gguf")))
-    if is_gguf:
-        return _GGUF_EMBEDDING if _gguf_embeds(path) else _GGUF
-    return _EMBEDDING if _is_encoder(location) else _MLX
-
-
-def _gguf_embeds(path: str) -> bool:
-    try:
-        return gguf_traits(gguf_file(path)).embeds
-    except (OSError, ValueError, struct.error):
-        return False  # the engine's load says what is wrong with the file
-
-
-def _gguf_encoder(path: str) -> str | None:
-    """The architecture of the GGUF at ``path`` if it is an encoder (it cannot generate)."""
-    try:
-        traits = gguf_traits(gguf_file(path))
-    except (OSError, ValueError, struct.error):
-        return None
-    return traits.architecture if traits.encoder else None
-
-
-# llama.cpp's LLAMA_MAX_SEQ: sequences one context may hold (a GGUF embedding batch's inputs).
-_LLAMA_MAX_SEQUENCES = 256
-
-
-def _is_encoder(location: Path) -> bool:
-    if (location / "modules.json").is_file():
-        return True
-    try:
-        architectures = json.loads((location / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        return False  # the engine's load says what is wrong with the files
-    return any(name in _ENCODER_ARCHITECTURES for name in architectures)
-
-
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     path: str
@@ -408,14 +291,14 @@ def _check(config: Config, source: str) -> None:
         misplaced = engine_option_errors(options, engine)
         if misplaced:
             raise ConfigError(f"{source}: model {model.name!r} ({model.path}): {'; '.join(misplaced)}")
-        if engine == _GGUF and (encoder := _gguf_encoder(model.path)) is not None:
+        if engine == GGUF and (encoder := gguf_encoder(model.path)) is not None:
             raise ConfigError(
                 f"{source}: model {model.name!r} ({model.path}) is an encoder ({encoder}): it makes "
                 f'embeddings and cannot generate text; use engine = "auto" or "gguf-embedding"'
             )
-        if engine == _GGUF_EMBEDDING and options.batch_size > _LLAMA_MAX_SEQUENCES:
+        if engine == GGUF_EMBEDDING and options.batch_size > LLAMA_MAX_SEQUENCES:
             raise ConfigError(
-                f"{source}: model {model.name!r}: batch_size must be at most {_LLAMA_MAX_SEQUENCES} "
+                f"{source}: model {model.name!r}: batch_size must be at most {LLAMA_MAX_SEQUENCES} "
                 "for a GGUF embedding model (llama.cpp's limit of sequences in one context)"
             )
         if options.kv_bits and options.max_kv_size:

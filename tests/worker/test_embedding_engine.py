@@ -12,7 +12,7 @@ from opta_lmx.config import EngineOptions
 from opta_lmx.proto import ChatMessage, Embed, Embeddings, Failed, Finished, FromWorker, Generate
 from opta_lmx.worker.engines.base import Embedder, Refused
 from opta_lmx.worker.engines.embedding import EmbeddingEngine
-from opta_lmx.worker.main import resolve_engine
+from opta_lmx.engine_choice import resolve_engine
 from tests.support.bert import HIDDEN, build_bert
 
 CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"

@@ -12,7 +12,8 @@ import gguf
 import numpy as np
 import pytest
 
-from opta_lmx.config import EngineOptions, parse_config, resolve_engine
+from opta_lmx.config import EngineOptions, parse_config
+from opta_lmx.engine_choice import resolve_engine
 from opta_lmx.errors import ConfigError
 from opta_lmx.gguf_metadata import POOLING_CLS, POOLING_LAST, POOLING_MEAN, POOLING_RANK, GgufTraits
 from opta_lmx.proto import ChatMessage, Embed, Embeddings, Failed, Finished, FromWorker, Generate

@@ -22,7 +22,8 @@ import psutil
 import zmq
 import zmq.asyncio
 
-from opta_lmx.config import Config, ModelConfig, budget_bytes, gguf_file, resolve_engine, with_local_models
+from opta_lmx.config import Config, ModelConfig, budget_bytes, with_local_models
+from opta_lmx.engine_choice import gguf_file, resolve_engine
 from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, PullJob, Trim, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
 from opta_lmx.supervisor import memory_policy as policy

@@ -18,7 +18,8 @@ from typing import Callable
 import msgspec
 import zmq
 
-from opta_lmx.config import EngineOptions, resolve_engine
+from opta_lmx.config import EngineOptions
+from opta_lmx.engine_choice import resolve_engine
 from opta_lmx.proto import PROTO_VERSION, LoadFailed, Ready
 from opta_lmx.runtime import exit_on_parent_death
 from opta_lmx.worker.engines.base import Engine

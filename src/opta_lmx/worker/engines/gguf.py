@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import llguidance
 import numpy as np
 
-from opta_lmx.config import EngineOptions, gguf_file
+from opta_lmx.config import EngineOptions
+from opta_lmx.engine_choice import gguf_file
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk, TokenLogprob, TokenLogprobs
 from opta_lmx.worker.engines.gguf_context import ContextSettings, DecodeError, SlotContext, release_heap
 from opta_lmx.worker.engines.gguf_sampling import RowSampler, log_softmax

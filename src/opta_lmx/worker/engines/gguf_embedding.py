@@ -21,7 +21,8 @@ import gc
 
 import numpy as np
 
-from opta_lmx.config import EngineOptions, gguf_file
+from opta_lmx.config import EngineOptions
+from opta_lmx.engine_choice import gguf_file
 from opta_lmx.gguf_metadata import POOLING_CLS, POOLING_LAST, POOLING_MEAN, POOLING_RANK, GgufTraits, gguf_traits
 from opta_lmx.proto import MemoryReading
 from opta_lmx.worker.engines.embedding_batches import BatchedEmbedder, EmbedderShape, EmbedInput, Encoded
