@@ -232,24 +232,30 @@ def test_bad_rerank_requests_get_a_400_naming_the_field(server: Server, body: di
     assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
 
 
-def test_the_embedding_worker_survives_a_kill_9(make_server, minilm_model: Path) -> None:
+def check_survives_kill_9(make_server, name: str, path: Path, engine: str, options: str) -> None:  # type: ignore[no-untyped-def]
+    """Kill -9 an embedding worker with a request in flight (``engine``: a slowed one, a single
+    input a step): that request gets a 503, the worker comes back and embeds, the gateway stays."""
     server: Server = make_server(
-        f'[supervisor]\nbackoff_initial = 0.2\n[[models]]\nname = "minilm"\npath = "{minilm_model}"\n'
-        'engine = "tests.support.engines:SlowEmbeddingEngine"\n[models.options]\nbatch_size = 1\n'
+        f'[supervisor]\nbackoff_initial = 0.2\n[[models]]\nname = "{name}"\npath = "{path}"\n'
+        f'engine = "{engine}"\n[models.options]\nbatch_size = 1\n{options}'
     )
     server.wait_models()
-    gateway_pid, worker_pid = server.gateway_pid(), server.worker_pid("minilm")
+    gateway_pid, worker_pid = server.gateway_pid(), server.worker_pid(name)
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=120)
     with ThreadPoolExecutor(1) as pool:
         # Eight inputs, one a step, each step slowed down: in flight for seconds.
-        pending = pool.submit(client.embeddings.create, model="minilm", input=["a cat"] * 8)
-        server.wait_in_flight("minilm", 1)
+        pending = pool.submit(client.embeddings.create, model=name, input=["a cat"] * 8)
+        server.wait_in_flight(name, 1)
         os.kill(worker_pid, signal.SIGKILL)
         with pytest.raises(openai.InternalServerError) as info:
             pending.result(timeout=60)
     assert info.value.status_code == 503 and info.value.code == "worker_crashed"
-    server.wait_new_worker("minilm", worker_pid)
-    reply = client.embeddings.create(model="minilm", input=CAT, encoding_format="float")
+    server.wait_new_worker(name, worker_pid)
+    reply = client.embeddings.create(model=name, input=CAT, encoding_format="float")
     assert len(reply.data[0].embedding) == 384
     assert server.gateway_pid() == gateway_pid
     client.close()
+
+
+def test_the_embedding_worker_survives_a_kill_9(make_server, minilm_model: Path) -> None:
+    check_survives_kill_9(make_server, "minilm", minilm_model, "tests.support.engines:SlowEmbeddingEngine", "")

@@ -5,8 +5,6 @@ decoder serving last-token embeddings)."""
 from __future__ import annotations
 
 import base64
-import os
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import Server, served
+from tests.e2e.test_embeddings import check_survives_kill_9
 
 CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
 BATCH_ATOL = 1e-3  # see tests/worker/test_gguf_embedding_engine.py
@@ -105,26 +104,7 @@ def test_a_gguf_embedding_model_writes_no_text(client: openai.OpenAI, server: Se
 
 
 def test_the_gguf_embedding_worker_survives_a_kill_9(make_server, minilm_gguf: Path) -> None:
-    server: Server = make_server(
-        f'[supervisor]\nbackoff_initial = 0.2\n[[models]]\nname = "minilm-gguf"\npath = "{minilm_gguf}"\n'
-        'engine = "tests.support.engines:SlowGgufEmbeddingEngine"\n[models.options]\nbatch_size = 1\nthreads = 1\n'
-    )
-    server.wait_models()
-    gateway_pid, worker_pid = server.gateway_pid(), server.worker_pid("minilm-gguf")
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=120)
-    with ThreadPoolExecutor(1) as pool:
-        # Eight inputs, one a pass, each pass slowed down: in flight for seconds.
-        pending = pool.submit(client.embeddings.create, model="minilm-gguf", input=["a cat"] * 8)
-        server.wait_in_flight("minilm-gguf", 1)
-        os.kill(worker_pid, signal.SIGKILL)
-        with pytest.raises(openai.InternalServerError) as info:
-            pending.result(timeout=60)
-    assert info.value.status_code == 503 and info.value.code == "worker_crashed"
-    server.wait_new_worker("minilm-gguf", worker_pid)
-    reply = client.embeddings.create(model="minilm-gguf", input=CAT, encoding_format="float")
-    assert len(reply.data[0].embedding) == 384
-    assert server.gateway_pid() == gateway_pid
-    client.close()
+    check_survives_kill_9(make_server, "minilm-gguf", minilm_gguf, "tests.support.engines:SlowGgufEmbeddingEngine", "threads = 1\n")
 
 
 def test_ollama_embed_serves_a_gguf_embedding_model(server: Server, client: openai.OpenAI) -> None:
