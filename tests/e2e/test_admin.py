@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import NO_EOS, Server, served
 
-SETTINGS = "[supervisor]\nheartbeat_interval = 0.2\nbackoff_initial = 0.2\n"
+SETTINGS = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nbackoff_initial = 0.2\n"
 # Slow steps (tests/support/engines.py): a stream lasts long enough to be drained.
 MODELS = """
 [[models]]

@@ -17,7 +17,7 @@ import psutil
 
 from tests.conftest import NO_EOS, Server
 
-SETTINGS = "[supervisor]\nheartbeat_interval = 0.2\nbackoff_initial = 0.2\nmax_failures = 10\n"
+SETTINGS = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nbackoff_initial = 0.2\nmax_failures = 10\n"
 SLOW = 'engine = "tests.support.engines:SlowEngine"'
 KILLS = 3
 

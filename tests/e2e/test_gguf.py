@@ -31,7 +31,7 @@ NO_EOS = {"0": -100, "2": -100}
 def gguf_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma3_gguf: Path) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("gguf")
     config = (
-        "[supervisor]\nheartbeat_interval = 0.2\n"
+        "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\n"
         f'[[models]]\nname = "smollm2"\npath = "{smollm2_gguf}"\n[models.options]\nslots = 8\nslot_context = 1024\n'
         f'[[models]]\nname = "gemma"\npath = "{gemma3_gguf.parent}"\n[models.options]\nslots = 2\nslot_context = 512\n'
     )

@@ -25,6 +25,7 @@ MB = 1 << 20
 CONFIG = f"""
 [supervisor]
 heartbeat_interval = 0.2
+heartbeat_misses = 25
 backoff_initial = 0.2
 
 [memory]

@@ -329,7 +329,7 @@ def loaded(client: ollama.Client) -> dict[str, ollama.ProcessResponse.Model]:
 
 
 def test_keep_alive_sets_expiry_and_0_unloads(make_server, tiny_model: Path) -> None:
-    config = "[supervisor]\nheartbeat_interval = 0.2\n" + model_config({"lazy": tiny_model}) + "load_on_start = false\n"
+    config = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\n" + model_config({"lazy": tiny_model}) + "load_on_start = false\n"
     server: Server = make_server(config)
     server.wait_models({"lazy": "STOPPED"})
     client = ollama.Client(host=server.base_url, timeout=120)

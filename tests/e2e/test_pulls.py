@@ -46,7 +46,7 @@ def hub(tiny_model: Path, smollm2_gguf: Path) -> Iterator[HubServer]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, hub: HubServer) -> Iterator[Server]:
-    config = "[supervisor]\nheartbeat_interval = 0.2\n" + model_config({"tiny": tiny_model})
+    config = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\n" + model_config({"tiny": tiny_model})
     with pytest.MonkeyPatch.context() as env:  # the supervisor pulls from the stand-in hub
         env.setenv("HF_ENDPOINT", hub.url)
         with served(tmp_path_factory.mktemp("pulls"), config) as srv:

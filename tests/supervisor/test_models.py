@@ -20,7 +20,7 @@ from tests.conftest import NO_EOS, Server, model_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 MB = 1 << 20
-FAST = "[supervisor]\nheartbeat_interval = 0.2\nbackoff_initial = 0.2\n"
+FAST = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nbackoff_initial = 0.2\n"
 SLOW = 'engine = "tests.support.engines:SlowEngine"'
 
 
@@ -182,7 +182,7 @@ def test_a_load_waits_for_a_busy_model_to_finish_then_evicts_it(make_server, tin
 def test_a_request_waiting_for_a_restart_is_served_though_another_load_evicts_its_model(make_server, tiny_model: Path) -> None:
     # A crashed worker waits out its backoff; a request for it waits too. A load of another model
     # evicts it meanwhile (a worker in backoff is idle): the request asks again and is served.
-    config = "[supervisor]\nheartbeat_interval = 0.2\nbackoff_initial = 4\n" + memory_block(budget_mb=600, overhead_mb=400) + models_block(
+    config = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nbackoff_initial = 4\n" + memory_block(budget_mb=600, overhead_mb=400) + models_block(
         {"crashy": (tiny_model, ""), "other": (tiny_model, "load_on_start = false")}
     )
     server: Server = make_server(config)
@@ -278,7 +278,7 @@ def test_crash_loop_goes_fatal_and_lmxctl_start_clears_it(make_server, tiny_mode
 
 
 def test_hung_worker_is_killed_and_restarted(make_server, tiny_model: Path) -> None:
-    settings = "[supervisor]\nheartbeat_interval = 0.2\nhang_timeout = 1.5\nbackoff_initial = 0.2\n"
+    settings = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nhang_timeout = 1.5\nbackoff_initial = 0.2\n"
     server: Server = make_server(
         settings + models_block({"stuck": (tiny_model, 'engine = "tests.support.engines:StallingEngine"')})
     )
@@ -294,7 +294,7 @@ def test_hung_worker_is_killed_and_restarted(make_server, tiny_model: Path) -> N
 def test_a_long_prefill_is_progress_not_a_hang(make_server, tiny_model: Path) -> None:
     # 4-token prompt chunks of 0.15 s each: the prefill takes ~2 s, past hang_timeout, before the
     # first token; the chunks it finishes keep the worker's progress moving.
-    settings = "[supervisor]\nheartbeat_interval = 0.2\nhang_timeout = 1.0\n"
+    settings = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nhang_timeout = 1.0\n"
     engine = 'engine = "tests.support.engines:SlowChunkPrefillEngine"\n[models.options]\nprefill_step_size = 4'
     server: Server = make_server(settings + models_block({"m": (tiny_model, engine)}))
     server.wait_models()
@@ -310,7 +310,7 @@ def test_a_step_that_computes_past_hang_timeout_is_not_a_hang(make_server, tiny_
     # One step busy for 2.5 s with no token or chunk finished: the worker's CPU time moves, so it
     # is working, not hung (a stuck worker, as in test_hung_worker_is_killed_and_restarted, uses
     # no CPU).
-    settings = "[supervisor]\nheartbeat_interval = 0.2\nhang_timeout = 1.0\n"
+    settings = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nhang_timeout = 1.0\n"
     engine = 'engine = "tests.support.engines:SpinningStepEngine"'
     server: Server = make_server(settings + models_block({"m": (tiny_model, engine)}))
     server.wait_models()
@@ -469,7 +469,7 @@ def test_swap_by_reload_drains_the_running_stream(make_server, tiny_model: Path,
 def test_a_worker_idle_longer_than_hang_timeout_is_not_called_hung(make_server, tiny_model: Path) -> None:
     # The first step takes 0.8 s (a "prefill"), well under hang_timeout (a loaded machine can
     # stretch it); the idle time before it, longer than hang_timeout, does not count.
-    settings = "[supervisor]\nheartbeat_interval = 0.2\nhang_timeout = 2.0\n"
+    settings = "[supervisor]\nheartbeat_interval = 0.2\nheartbeat_misses = 25\nhang_timeout = 2.0\n"
     engine = 'engine = "tests.support.engines:SlowPrefillEngine"'
     server: Server = make_server(settings + models_block({"m": (tiny_model, engine)}))
     server.wait_models()
