@@ -9,6 +9,7 @@ from typing import Iterator
 import pytest
 
 from opta_lmx.config import ModelConfig, SupervisorConfig
+from opta_lmx.supervisor.reports import model_status
 from opta_lmx.supervisor.spawn import DeathPipe
 from opta_lmx.supervisor.worker_process import WorkerAddresses, WorkerProcess
 
@@ -31,10 +32,10 @@ async def test_a_requests_keep_alive_overrides_the_config_until_the_model_stops(
     death: DeathPipe, tmp_path: Path
 ) -> None:
     process = worker(death, tmp_path, keep_alive=600)
-    assert process.status(1).keep_alive == 600
+    assert model_status(process, 1).keep_alive == 600
     process.last_used -= 100
     process.set_keep_alive(0)
-    status = process.status(2)
+    status = model_status(process, 2)
     assert status.keep_alive == 0
     assert abs(status.last_used - time.time()) < 1  # the coming request counts as activity, in wall-clock time
     await process.stop("unloaded")
@@ -44,4 +45,4 @@ async def test_a_requests_keep_alive_overrides_the_config_until_the_model_stops(
 def test_a_pinned_model_ignores_keep_alive(death: DeathPipe, tmp_path: Path) -> None:
     process = worker(death, tmp_path, keep_alive=5, pinned=True)
     process.set_keep_alive(0)
-    assert process.keep_alive == -1 and process.status(1).keep_alive == -1
+    assert process.keep_alive == -1 and model_status(process, 1).keep_alive == -1

@@ -13,9 +13,8 @@ import logging
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import msgspec
 import psutil
@@ -24,14 +23,17 @@ import zmq.asyncio
 
 from opta_lmx.config import Config, ModelConfig, budget_bytes, with_local_models
 from opta_lmx.engine_choice import gguf_file, resolve_engine
-from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, PullJob, Trim, WorkerCommand, WorkerReport
+from opta_lmx.proto import SPARE_IDENTITY_PREFIX, CommandResult, ModelStatus, PullJob, WorkerCommand, WorkerReport
 from opta_lmx.runtime import EXIT_CANNOT_LISTEN, Runtime, control_address_file
+from opta_lmx.supervisor import admission
 from opta_lmx.supervisor import memory_policy as policy
 from opta_lmx.supervisor.blas import preload_library, worker_environment
 from opta_lmx.supervisor.control import serve_control
 from opta_lmx.supervisor.gguf_header import kv_cache_bytes
 from opta_lmx.supervisor.model_store import ModelStore
+from opta_lmx.supervisor.policing import Policing
 from opta_lmx.supervisor.pull_jobs import PullJobs
+from opta_lmx.supervisor.reports import model_status
 from opta_lmx.supervisor.spare_pool import SparePool
 from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, spawn, terminate
 from opta_lmx.supervisor.states import State
@@ -41,7 +43,6 @@ log = logging.getLogger("opta_lmx.supervisor")
 
 _GATEWAY_RESTART_DELAY = 1.0
 _GATEWAY_STOP_GRACE = 5.0
-_TRIM_COOLDOWN = 10.0
 # Start the warm spare this long after start-up or after one was taken, so that its imports do not
 # compete for the CPU with the loads in progress.
 _SPARE_DELAY = 3.0
@@ -93,8 +94,7 @@ class Supervisor:
         self._reloading = asyncio.Lock()
         self.pulls = PullJobs(store, self.publish_pull, lambda: self._seq, self._pulled) if store else None
         self._stopping_tasks: dict[str, asyncio.Task[None]] = {}
-        self._trimmed_at: dict[str, float] = {}
-        self._over_hard = 0
+        self._policing = Policing(self)
         self._stopping = asyncio.Event()
         self._gateway: asyncio.subprocess.Process | None = None
         self._exit_code = 0
@@ -135,7 +135,7 @@ class Supervisor:
         tasks = [
             asyncio.create_task(serve_control(self, self._control), name="control"),
             asyncio.create_task(self._serve_reports(), name="reports"),
-            asyncio.create_task(self._police_forever(), name="police"),
+            asyncio.create_task(self._policing.forever(), name="police"),
             asyncio.create_task(self._load_on_start(), name="load-on-start"),
             *([asyncio.create_task(self.spares.keep(), name="spare")] if self.config.supervisor.warm_spare else []),
             asyncio.create_task(self._keep_gateway(), name="gateway"),
@@ -172,7 +172,7 @@ class Supervisor:
         return self._seq
 
     def status_of(self, worker: WorkerProcess) -> ModelStatus:
-        return msgspec.structs.replace(worker.status(self._seq), config_version=self.config_version)
+        return msgspec.structs.replace(model_status(worker, self._seq), config_version=self.config_version)
 
     def publish(self, worker: WorkerProcess) -> None:
         self._seq += 1
@@ -254,43 +254,7 @@ class Supervisor:
         busy models stand in the way, the load waits up to ``[memory] wait_for_room`` seconds for
         one of them to go idle, then is refused.
         """
-        if worker.state is State.STOPPING:
-            settings = self.config.supervisor
-            await worker.wait_settled(settings.drain_grace + settings.stop_grace + 5.0)
-        deadline = time.monotonic() + self.config.memory.wait_for_room
-        while True:
-            async with self._admission:
-                if self.workers.get(worker.name) is not worker:
-                    # Removed (its files deleted) or replaced by a reload while this load waited for
-                    # the lock: starting it would run a model that is no longer served.
-                    message = f"The model '{worker.name}' is no longer served as it was; ask again."
-                    return CommandResult(ok=False, message=message, code="model_not_found")
-                if worker.alive:
-                    worker.last_used = time.monotonic()
-                    return CommandResult(ok=True, message=f"{worker.name}: {worker.state.value}")
-                pending = self._stopping_tasks.get(worker.name)
-                if pending is not None:
-                    await pending
-                need = self.estimate(worker)
-                loaded = self.admission_views(worker)
-                decision = policy.admit(need, loaded, self.budget(), self.config.memory.max_loaded_models)
-                if isinstance(decision, policy.Admit):
-                    began = time.monotonic()
-                    for victim in decision.evict:
-                        await self.workers[victim].stop(f"evicted to make room for {worker.name}", cause="evicted")
-                    worker.start(decision.evict, time.monotonic() - began if decision.evict else 0.0)
-                    return CommandResult(ok=True, message=f"{worker.name}: loading")
-                if time.monotonic() >= deadline or not any(v.busy and not v.pinned for v in loaded):
-                    waited = self.config.memory.wait_for_room - (deadline - time.monotonic())
-                    message = (
-                        f"Cannot load '{worker.name}': it needs about {_mib(decision.needed)} and "
-                        f"{_mib(decision.available)} of the {_mib(self.budget())} budget is free ({decision.reason}"
-                        + (f", after waiting {waited:.0f}s for one to go idle)." if waited >= 1 else ").")
-                    )
-                    log.warning(message)
-                    return CommandResult(ok=False, message=message, code="insufficient_memory")
-            # Outside the lock: other loads (that fit) go on while this one waits for room.
-            await asyncio.sleep(self.config.supervisor.heartbeat_interval / 2)
+        return await admission.load(self, worker)
 
     async def _load_on_start(self) -> None:
         for worker in list(self.workers.values()):
@@ -302,60 +266,17 @@ class Supervisor:
 
     # -- policing ----------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> Mapping[str, asyncio.Task[None]]:
+        """The workers being stopped in the background, by name."""
+        return self._stopping_tasks
+
     def stop_in_background(self, worker: WorkerProcess, reason: str, cause: str) -> None:
         if worker.name in self._stopping_tasks:
             return
         task = asyncio.create_task(worker.stop(reason, cause=cause), name=f"stop:{worker.name}")
         self._stopping_tasks[worker.name] = task
         task.add_done_callback(lambda _: self._stopping_tasks.pop(worker.name, None))
-
-    async def _police_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.supervisor.heartbeat_interval)
-            try:
-                self.police_once(time.monotonic())
-            except Exception:  # a policing bug must not stop supervision
-                log.exception("policing failed")
-
-    def police_once(self, now: float) -> None:
-        running = [w for w in self.workers.values() if w.state is State.RUNNING and w.name not in self._stopping_tasks]
-        for worker in running:
-            problem = worker.liveness_problem(now)
-            if problem is not None:
-                cause, words = problem
-                log.error("%s: %s; killing it", worker.name, words)
-                worker.kill(signal.SIGKILL, words, cause)
-            elif self._idle_expired(worker, now):
-                reason = f"unloaded after {worker.idle_for(now):.0f}s idle (keep_alive)"
-                self.stop_in_background(worker, reason, "idle")
-        self._police_memory([w for w in running if w.name not in self._stopping_tasks], now)
-
-    def _idle_expired(self, worker: WorkerProcess, now: float) -> bool:
-        keep_alive = worker.keep_alive
-        if keep_alive < 0:
-            return False
-        # Never less than two heartbeats: a request sent right after Ready must show up first.
-        return worker.idle_for(now) > max(keep_alive, 2 * self.config.supervisor.heartbeat_interval)
-
-    def _police_memory(self, running: list[WorkerProcess], now: float) -> None:
-        budget = self.budget()
-        memory = self.config.memory
-        limits = policy.Limits(
-            budget, int(budget * memory.soft_limit), int(budget * memory.hard_limit), memory.hard_readings
-        )
-        views = [w.view(w.memory_used(), admission=False) for w in running]
-        actions, self._over_hard = policy.police(views, limits, self._over_hard)
-        for action in actions:
-            worker = self.workers[action.name]
-            match action:
-                case policy.Trim() if now - self._trimmed_at.get(worker.name, -_TRIM_COOLDOWN) >= _TRIM_COOLDOWN:
-                    self._trimmed_at[worker.name] = now
-                    self.send_to_worker(worker.identity, Trim())
-                case policy.Evict(reason=reason):
-                    self.stop_in_background(worker, f"evicted: {reason}", "evicted")
-                case policy.Kill(reason=reason):
-                    log.error("%s: %s; killing it", worker.name, reason)
-                    worker.kill(signal.SIGKILL, reason, "memory")
 
     # -- reload ------------------------------------------------------------------------------
 
@@ -435,10 +356,6 @@ class Supervisor:
                 return
             log.error("gateway %s; restarting", describe_exit(returncode))
             await asyncio.sleep(_GATEWAY_RESTART_DELAY)
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.0f} MiB"
 
 
 def run_supervisor(

@@ -3,14 +3,53 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from opta_lmx.proto import AdmissionEstimate, MemoryReply, ModelInfo, WorkerMemory
+from opta_lmx.proto import AdmissionEstimate, MemoryReading, MemoryReply, ModelInfo, ModelStatus, WorkerMemory
 from opta_lmx.supervisor import memory_policy as policy
+from opta_lmx.supervisor.states import State
 
 if TYPE_CHECKING:
     from opta_lmx.supervisor.main import Supervisor
     from opta_lmx.supervisor.worker_process import WorkerProcess
+
+
+def model_status(worker: WorkerProcess, seq: int) -> ModelStatus:
+    """The worker's state as the supervisor publishes it (``seq``: the change's number)."""
+    running = worker.state is State.RUNNING
+    # A STOPPING worker keeps its identity: its in-flight requests drain; nothing new is routed.
+    serving = worker.ready is not None and worker.state in (State.RUNNING, State.STOPPING)
+    memory = worker.last_heartbeat.memory if running and worker.last_heartbeat else MemoryReading()
+    return ModelStatus(
+        name=worker.name,
+        state=worker.state.value,
+        seq=seq,
+        generation=worker.generation,
+        pid=worker.proc.pid if worker.proc and worker.proc.returncode is None else 0,
+        identity=worker.identity if serving else "",
+        ctx_len=worker.ready.ctx_len if running and worker.ready else 0,
+        started_at=worker.started_at,
+        description=worker.description,
+        memory=memory.uss,
+        mlx_active=memory.mlx_active,
+        mlx_cache=memory.mlx_cache,
+        active_requests=worker.active_requests if running else 0,
+        spawn_seconds=worker.timings[0],
+        import_seconds=worker.timings[1],
+        load_seconds=worker.timings[2],
+        first_token_seconds=worker.last_heartbeat.first_token_seconds if worker.last_heartbeat else 0.0,
+        keep_alive=worker.keep_alive,
+        last_used=time.time() - (time.monotonic() - worker.last_used),
+        restarts=dict(worker.restarts),
+        stops=dict(worker.stops),
+        last_exit_cause=worker.last_exit[0],
+        last_exit=worker.last_exit[1],
+        last_exit_at=worker.last_exit[2],
+        queued=max(0, worker.active_requests - worker.model.options.batch_size) if running else 0,
+        evicted=list(worker.evicted),
+        evict_seconds=worker.evict_seconds,
+    )
 
 
 def model_info(supervisor: Supervisor, worker: WorkerProcess) -> ModelInfo:

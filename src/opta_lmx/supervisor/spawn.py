@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 
 class DeathPipe:
     """A pipe whose write end only the supervisor holds: children see EOF when it dies."""
@@ -85,3 +87,19 @@ def log_tail(log: Path, lines: int = 3, max_bytes: int = 4096) -> str:
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def process_tree_uss(pid: int) -> int:
+    """The unique memory (USS) of a process and its descendants; 0 once it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return sum(_uss(p) for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def _uss(proc: psutil.Process) -> int:
+    try:
+        return proc.memory_full_info().uss
+    except psutil.Error:
+        return 0

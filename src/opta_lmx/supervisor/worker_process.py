@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import msgspec
-import psutil
 
 from opta_lmx.config import ModelConfig, SupervisorConfig
 from opta_lmx.proto import (
@@ -24,15 +23,13 @@ from opta_lmx.proto import (
     Heartbeat,
     Load,
     LoadFailed,
-    MemoryReading,
-    ModelStatus,
     Ready,
     Shutdown,
     WorkerCommand,
     WorkerReport,
 )
 from opta_lmx.supervisor.memory_policy import WorkerView
-from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, log_tail, signal_group, spawn, terminate
+from opta_lmx.supervisor.spawn import DeathPipe, describe_exit, log_tail, process_tree_uss, signal_group, spawn, terminate
 from opta_lmx.supervisor.states import Backoff, State
 
 log = logging.getLogger("opta_lmx.supervisor")
@@ -134,7 +131,7 @@ class WorkerProcess:
     def memory_used(self) -> int:
         """The larger of the worker's own report and the OS view of its process tree (USS)."""
         reported = self.last_heartbeat.memory.uss if self.last_heartbeat else 0
-        return max(reported, _tree_uss(self.proc.pid) if self.proc and self.proc.returncode is None else 0)
+        return max(reported, process_tree_uss(self.proc.pid) if self.proc and self.proc.returncode is None else 0)
 
     @property
     def keep_alive(self) -> float:
@@ -159,41 +156,6 @@ class WorkerProcess:
             or (self.state is State.RUNNING and time.monotonic() - self.last_used < _FRESH_HEARTBEATS * self._settings.heartbeat_interval)
         )
         return WorkerView(self.name, used, self.active_requests > 0 or fresh, self.model.pinned, self.last_used)
-
-    def status(self, seq: int) -> ModelStatus:
-        running = self.state is State.RUNNING
-        # A STOPPING worker keeps its identity: its in-flight requests drain; nothing new is routed.
-        serving = self.ready is not None and self.state in (State.RUNNING, State.STOPPING)
-        memory = self.last_heartbeat.memory if running and self.last_heartbeat else MemoryReading()
-        return ModelStatus(
-            name=self.name,
-            state=self.state.value,
-            seq=seq,
-            generation=self.generation,
-            pid=self.proc.pid if self.proc and self.proc.returncode is None else 0,
-            identity=self.identity if serving else "",
-            ctx_len=self.ready.ctx_len if running and self.ready else 0,
-            started_at=self.started_at,
-            description=self.description,
-            memory=memory.uss,
-            mlx_active=memory.mlx_active,
-            mlx_cache=memory.mlx_cache,
-            active_requests=self.active_requests if running else 0,
-            spawn_seconds=self.timings[0],
-            import_seconds=self.timings[1],
-            load_seconds=self.timings[2],
-            first_token_seconds=self.last_heartbeat.first_token_seconds if self.last_heartbeat else 0.0,
-            keep_alive=self.keep_alive,
-            last_used=time.time() - (time.monotonic() - self.last_used),
-            restarts=dict(self.restarts),
-            stops=dict(self.stops),
-            last_exit_cause=self.last_exit[0],
-            last_exit=self.last_exit[1],
-            last_exit_at=self.last_exit[2],
-            queued=max(0, self.active_requests - self.model.options.batch_size) if running else 0,
-            evicted=list(self.evicted),
-            evict_seconds=self.evict_seconds,
-        )
 
     def start(self, evicted: list[str] | None = None, evict_seconds: float = 0.0) -> None:
         """Start (or, from FATAL, start again); a no-op while already alive. ``evicted``: the
@@ -422,18 +384,3 @@ class WorkerProcess:
         self.description = description
         log.info("%s: %s (%s)", self.name, state.value, description)
         self._on_change(self)
-
-
-def _tree_uss(pid: int) -> int:
-    try:
-        root = psutil.Process(pid)
-        return sum(_uss(p) for p in [root, *root.children(recursive=True)])
-    except psutil.Error:
-        return 0
-
-
-def _uss(proc: psutil.Process) -> int:
-    try:
-        return proc.memory_full_info().uss
-    except psutil.Error:
-        return 0

@@ -18,7 +18,6 @@ prefilling it, a disk-tier read: ``mlx_kv_reuse``) is ``Started`` and parked unt
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -30,42 +29,17 @@ from opta_lmx.config import EngineOptions
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
 from opta_lmx.worker.engines.mlx_grammar import Grammars
 from opta_lmx.worker.engines.mlx_kv_disk import DiskTier
-from opta_lmx.worker.engines.mlx_kv_reuse import KVReuse, Prefilling, Waiting
+from opta_lmx.worker.engines.mlx_kv_reuse import KVReuse, Prefilling
 from opta_lmx.worker.engines.mlx_prompt_cache import PromptCache
-from opta_lmx.worker.engines.mlx_requests import Prepared, RequestReader
+from opta_lmx.worker.engines.mlx_requests import PARKED, Running, RequestReader
 from opta_lmx.worker.engines.mlx_sampling import LogprobReader
 from opta_lmx.worker.engines.mlx_sequential import SequenceFailed, SequentialGenerator
-from opta_lmx.worker.text_stream import TextStream
 
 _DEFAULT_CTX_LEN = 4096
 _SOLO_UIDS = 1 << 40  # the solo generator's request ids start here, apart from the batch's
-_PARKED = -1  # the uid of a request not yet in a generator
 # How long an engine with nothing else to run waits for a disk read per step (a Cancel still gets
 # through between two waits).
 _READ_WAIT = 0.01
-
-
-@dataclass
-class _Request:
-    request_id: int
-    prepared: Prepared
-    uid: int = _PARKED  # the generator's id for it
-    cached_tokens: int = 0  # prompt tokens taken from the prompt cache
-    generated: int = 0
-    waiting: Waiting | None = None  # while parked: what for
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prepared.prompt)
-
-    @property
-    def text(self) -> TextStream:
-        return self.prepared.text
-
-    @property
-    def top_logprobs(self) -> int | None:  # None: no logprobs asked for
-        params = self.prepared.params
-        return params.top_logprobs if params.logprobs else None
 
 
 class MlxEngine:
@@ -106,9 +80,9 @@ class MlxEngine:
         entries = 0 if options.sequential else options.prompt_cache_entries
         self.prompt_cache = PromptCache(entries, options.prompt_cache_bytes)
         self.kv = KVReuse(self.prompt_cache, DiskTier.open(model_name, path, options), self._model_caches)
-        self._parked: list[_Request] = []
-        self._requests: dict[int, _Request] = {}
-        self._by_uid: dict[int, _Request] = {}
+        self._parked: list[Running] = []
+        self._requests: dict[int, Running] = {}
+        self._by_uid: dict[int, Running] = {}
         self.tokens_generated = 0
         self._prefill_chunks = 0
         self._logprobs = LogprobReader(self._tokenizer)
@@ -157,7 +131,7 @@ class MlxEngine:
         prepared = self._reader.prepare(request)
         if isinstance(prepared, Failed):
             return [prepared]
-        entry = _Request(rid, prepared)
+        entry = Running(rid, prepared)
         waiting = self.kv.plan(prepared.prompt, self._prefilling())
         self._requests[rid] = entry
         if waiting is None:
@@ -175,7 +149,7 @@ class MlxEngine:
             out.append(TokenChunk(rid, self._tokenizer.decode(prepared.prompt), 0))
         return out
 
-    def _insert(self, request: _Request) -> None:
+    def _insert(self, request: Running) -> None:
         """Put a request into the solo path or the batch, from the best cache there is now."""
         prepared = request.prepared
         prompt = prepared.prompt
@@ -199,7 +173,7 @@ class MlxEngine:
         return [
             Prefilling(r.request_id, r.prepared.prompt, r.prompt_tokens - r.cached_tokens)
             for r in self._requests.values()
-            if r.uid != _PARKED and r.generated == 0
+            if r.uid != PARKED and r.generated == 0
         ]
 
     def _unpark(self) -> list[FromWorker]:
@@ -214,7 +188,7 @@ class MlxEngine:
                 out.append(Failed(request.request_id, "engine_error", f"{type(exc).__name__}: {exc}"))
         return out
 
-    def _fits_solo(self, request: _Request, cached: int) -> bool:
+    def _fits_solo(self, request: Running, cached: int) -> bool:
         """Alone in a generator, a request goes solo. Grammars and seeded draws would not survive
         the move into the batch (their state runs one token ahead there); penalties over a cached
         prefix would not see it (generate_step counts only the tokens it is given)."""
@@ -222,7 +196,7 @@ class MlxEngine:
         penalties = params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
         return (
             self._solo is not None
-            and not any(r.uid != _PARKED for r in self._requests.values() if r is not request)
+            and not any(r.uid != PARKED for r in self._requests.values() if r is not request)
             and not request.prepared.constrained
             and (params.seed is None or params.temperature == 0)
             and not (cached and penalties)
@@ -335,7 +309,7 @@ class MlxEngine:
             out.append(Failed(request.request_id, "engine_error", f"{type(exc).__name__}: {exc}"))
         return False
 
-    def _advance(self, request: _Request, response: GenerationBatch.Response, out: list[FromWorker]) -> str | None:
+    def _advance(self, request: Running, response: GenerationBatch.Response, out: list[FromWorker]) -> str | None:
         """Feed one token; the finish reason if the request ends with it."""
         token = response.token
         request.generated += 1  # every sampled token counts, eos included
@@ -354,13 +328,13 @@ class MlxEngine:
             return "length"
         return None
 
-    def _finish(self, request: _Request, reason: str, out: list[FromWorker]) -> None:
+    def _finish(self, request: Running, reason: str, out: list[FromWorker]) -> None:
         self._forget(request)
         out.extend(
             request.text.ending(request.request_id, reason, request.prompt_tokens, request.generated, request.cached_tokens)
         )
 
-    def _forget(self, request: _Request) -> None:
+    def _forget(self, request: Running) -> None:
         self._requests.pop(request.request_id, None)
         self._by_uid.pop(request.uid, None)
 
@@ -369,7 +343,7 @@ class MlxEngine:
         if request is None:
             return []
         self._forget(request)
-        if request.uid == _PARKED:
+        if request.uid == PARKED:
             self._parked.remove(request)
         else:
             self._remove([request.uid])

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from opta_lmx.proto import Failed, Generate, SamplingParams
 from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars
+from opta_lmx.worker.engines.mlx_kv_reuse import Waiting
 from opta_lmx.worker.engines.mlx_sampling import logits_processors_for, sampler_for
 from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
@@ -94,3 +95,31 @@ class RequestReader:
         start, end = self._think
         tail = self._tokenizer.decode(prompt[-16:])  # enough to see whether the prompt opened it
         return ReasoningSplitter(start, end, starts_inside(tail, start, end))
+
+
+PARKED = -1  # the uid of a request not yet in a generator
+
+
+@dataclass
+class Running:
+    """A request in the engine: prepared, then parked or in a generator."""
+
+    request_id: int
+    prepared: Prepared
+    uid: int = PARKED  # the generator's id for it
+    cached_tokens: int = 0  # prompt tokens taken from the prompt cache
+    generated: int = 0
+    waiting: Waiting | None = None  # while parked: what for
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prepared.prompt)
+
+    @property
+    def text(self) -> TextStream:
+        return self.prepared.text
+
+    @property
+    def top_logprobs(self) -> int | None:  # None: no logprobs asked for
+        params = self.prepared.params
+        return params.top_logprobs if params.logprobs else None
