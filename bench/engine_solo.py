@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from mlx_lm import load
 from mlx_lm.generate import stream_generate
 from mlx_lm.sample_utils import make_logits_processors
 
 from opta_lmx.config import EngineOptions
-from opta_lmx.proto import ChatMessage, Finished, Generate, SamplingParams
+from opta_lmx.proto import ChatMessage, Generate, SamplingParams
 from opta_lmx.worker.engines.mlx import MlxEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.engine_timing import timed_generation  # noqa: E402
 
 TOKENS = 64
 NO_EOS = {2: -100.0}  # every run makes all TOKENS tokens (the demo tokenizer's end token)
@@ -31,14 +36,7 @@ def _prompt(i: int) -> str:
 
 def run_engine(engine: MlxEngine, i: int) -> tuple[float, float]:
     params = SamplingParams(max_tokens=TOKENS, temperature=0.0, logit_bias=NO_EOS)
-    wall, cpu = time.perf_counter(), time.process_time()
-    engine.submit(Generate(i, [ChatMessage("user", _prompt(i))], params))
-    made = 0
-    while engine.active:
-        for message in engine.step():
-            if isinstance(message, Finished):
-                made = message.completion_tokens
-    return made / (time.perf_counter() - wall), made / (time.process_time() - cpu)
+    return timed_generation(engine, Generate(i, [ChatMessage("user", _prompt(i))], params))
 
 
 def main() -> None:

@@ -12,14 +12,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from llama_cpp import Llama
 
 from opta_lmx.config import EngineOptions
-from opta_lmx.proto import ChatMessage, Finished, Generate, SamplingParams
+from opta_lmx.proto import ChatMessage, Generate, SamplingParams
 from opta_lmx.worker.engines.gguf import GgufEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.engine_timing import timed_generation  # noqa: E402
 
 TOKENS = 64
 NO_EOS = {0: -100.0, 2: -100.0}  # SmolLM2's end tokens: every run makes all TOKENS tokens
@@ -31,14 +35,7 @@ def _messages(i: int) -> list[ChatMessage]:
 
 def run_engine(engine: GgufEngine, i: int) -> tuple[float, float]:
     params = SamplingParams(max_tokens=TOKENS, temperature=0.0, logit_bias=NO_EOS)
-    wall, cpu = time.perf_counter(), time.process_time()
-    engine.submit(Generate(i, _messages(i), params))
-    made = 0
-    while engine.active:
-        for message in engine.step():
-            if isinstance(message, Finished):
-                made = message.completion_tokens
-    return made / (time.perf_counter() - wall), made / (time.process_time() - cpu)
+    return timed_generation(engine, Generate(i, _messages(i), params))
 
 
 def main() -> None:
