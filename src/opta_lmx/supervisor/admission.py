@@ -26,6 +26,7 @@ async def load(supervisor: Supervisor, worker: WorkerProcess) -> CommandResult:
         settings = supervisor.config.supervisor
         await worker.wait_settled(settings.drain_grace + settings.stop_grace + 5.0)
     deadline = time.monotonic() + supervisor.config.memory.wait_for_room
+    need = supervisor.estimate(worker)  # its files do not change while it waits
     while True:
         async with supervisor.admission:
             if supervisor.workers.get(worker.name) is not worker:
@@ -39,7 +40,6 @@ async def load(supervisor: Supervisor, worker: WorkerProcess) -> CommandResult:
             pending = supervisor.stopping.get(worker.name)
             if pending is not None:
                 await pending
-            need = supervisor.estimate(worker)
             loaded = supervisor.admission_views(worker)
             budget = supervisor.budget()
             decision = policy.admit(need, loaded, budget, supervisor.config.memory.max_loaded_models)

@@ -235,6 +235,11 @@ class Supervisor:
     def budget(self) -> int:
         return budget_bytes(self.config.memory, psutil.virtual_memory().total)
 
+    def limits(self) -> policy.Limits:
+        """The budget and the soft and hard limits in bytes, as policing applies them."""
+        budget, memory = self.budget(), self.config.memory
+        return policy.Limits(budget, int(budget * memory.soft_limit), int(budget * memory.hard_limit), memory.hard_readings)
+
     def admission_views(self, worker: WorkerProcess) -> list[policy.WorkerView]:
         """The loaded workers other than ``worker`` as admission counts them: each the larger of
         its measured use and its estimate; those being stopped already are left out."""

@@ -59,11 +59,7 @@ class Policing:
         return worker.idle_for(now) > max(keep_alive, 2 * self._supervisor.config.supervisor.heartbeat_interval)
 
     def _police_memory(self, running: list[WorkerProcess], now: float) -> None:
-        budget = self._supervisor.budget()
-        memory = self._supervisor.config.memory
-        limits = policy.Limits(
-            budget, int(budget * memory.soft_limit), int(budget * memory.hard_limit), memory.hard_readings
-        )
+        limits = self._supervisor.limits()
         views = [w.view(w.memory_used(), admission=False) for w in running]
         actions, self._over_hard = policy.police(views, limits, self._over_hard)
         for action in actions:

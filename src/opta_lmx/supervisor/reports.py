@@ -70,17 +70,16 @@ def model_info(supervisor: Supervisor, worker: WorkerProcess) -> ModelInfo:
 
 def memory_report(supervisor: Supervisor, model: WorkerProcess | None) -> MemoryReply:
     """The budget and limits, each live worker's use, and the admission estimate for ``model``."""
-    memory = supervisor.config.memory
-    budget = supervisor.budget()
+    limits = supervisor.limits()
     workers = [_worker_memory(supervisor, w) for w in supervisor.workers.values() if w.alive]
     return MemoryReply(
-        budget=budget,
+        budget=limits.budget,
         used=sum(w.counted for w in workers),
-        soft_limit=int(budget * memory.soft_limit),
-        hard_limit=int(budget * memory.hard_limit),
-        max_loaded_models=memory.max_loaded_models,
+        soft_limit=limits.soft,
+        hard_limit=limits.hard,
+        max_loaded_models=supervisor.config.memory.max_loaded_models,
         workers=workers,
-        estimate=_estimate(supervisor, model, budget) if model is not None else None,
+        estimate=_estimate(supervisor, model, limits.budget) if model is not None else None,
     )
 
 
