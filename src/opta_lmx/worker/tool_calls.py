@@ -119,6 +119,15 @@ def _arguments(text: str) -> Any:
         return text  # not JSON: the template gets what the client sent
 
 
+def tool_splitter(tokenizer: Any, tools: list[Any]) -> ToolCallSplitter | None:
+    """The splitter for a request offering ``tools``, from what ``tokenizer`` (either engine's)
+    knows of its model's tool-call markers and parser; None when there is nothing to split."""
+    if not tools or not tokenizer.has_tool_calling:
+        return None
+    start, end = tokenizer.tool_call_start or "", tokenizer.tool_call_end or ""
+    return ToolCallSplitter(start, end, tokenizer.tool_parser, template_tools(tools))
+
+
 def template_tools(tools: list[Any]) -> list[dict[str, Any]]:
     """``Tool``s in OpenAI's (and the templates') ``{"type": "function", "function": ...}`` shape."""
     return [

@@ -31,11 +31,12 @@ from opta_lmx.worker.engines.gguf_context import ContextSettings, DecodeError, S
 from opta_lmx.worker.engines.gguf_sampling import RowSampler, log_softmax
 from opta_lmx.worker.engines.gguf_tokenizer import GgufTokenizer, NoChatTemplate
 from opta_lmx.worker.grammar import GrammarError, Grammars
+from opta_lmx.worker.kv_disk import shared_prefix
 from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.text_stream import TextStream
-from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
+from opta_lmx.worker.tool_calls import template_messages, template_tools, tool_splitter
 
 
 @dataclass(eq=False)
@@ -152,7 +153,7 @@ class GgufEngine:
             request_id=rid,
             prompt=prompt,
             max_tokens=max_tokens,
-            text=TextStream(tokenizer.detokenizer, StopMatcher(params.stop), reasoning, self._tool_splitter(request)),
+            text=TextStream(tokenizer.detokenizer, StopMatcher(params.stop), reasoning, tool_splitter(self._tokenizer, request.tools)),
             sampler=RowSampler(params, self._context.n_vocab, prompt, mask),
             top_logprobs=params.top_logprobs if params.logprobs else None,
         )
@@ -163,13 +164,6 @@ class GgufEngine:
         if request.echo:
             out.append(TokenChunk(rid, tokenizer.decode(prompt), 0))
         return out
-
-    def _tool_splitter(self, request: Generate) -> ToolCallSplitter | None:
-        tokenizer = self._tokenizer
-        if not request.tools or not tokenizer.has_tool_calling:
-            return None
-        start, end = tokenizer.tool_call_start or "", tokenizer.tool_call_end or ""
-        return ToolCallSplitter(start, end, tokenizer.tool_parser, template_tools(request.tools))
 
     def _reasoning_splitter(self, prompt: list[int]) -> ReasoningSplitter | None:
         tokenizer = self._tokenizer
@@ -188,7 +182,8 @@ class GgufEngine:
             request = self._waiting.popleft()
             # At least the prompt's last token is decoded again: its logits give the first token.
             limit = len(request.prompt) - 1
-            shared = {i: _shared_prefix(self._slots[i].tokens, request.prompt, limit) if self._reuse else 0 for i in free}
+            head = np.asarray(request.prompt[:limit])
+            shared = {i: shared_prefix(np.asarray(self._slots[i].tokens[:limit]), head) if self._reuse else 0 for i in free}
             index = max(free, key=lambda i: (shared[i], -self._slots[i].last_used))
             slot = self._slots[index]
             kept = self._context.keep_prefix(index, shared[index])
@@ -247,13 +242,17 @@ class GgufEngine:
             if chosen[i][0] >= 0:
                 continue
             processed = request.sampler.logits(logits[i])
-            token = request.sampler.pick(processed)
-            entry = None if request.top_logprobs is None else self._logprobs(token, processed, request.top_logprobs)
+            if request.top_logprobs is None:
+                chosen[i] = (request.sampler.pick(processed), None)
+                continue
+            logprobs = log_softmax(processed)  # once, for the sampler and the reply
+            token = request.sampler.pick(processed, logprobs)
+            entry = self._logprobs(token, logprobs, request.top_logprobs)
             chosen[i] = (token, entry)
         return chosen
 
-    def _logprobs(self, token: int, logits: np.ndarray, top: int) -> TokenLogprobs:
-        logprobs = log_softmax(logits)
+    def _logprobs(self, token: int, logprobs: np.ndarray, top: int) -> TokenLogprobs:
+        """The reply's logprobs entry from the row's log-probabilities."""
         alternatives: list[TokenLogprob] = []
         if top > 0:
             ids = np.argpartition(-logprobs, top - 1)[:top]
@@ -342,14 +341,3 @@ class GgufEngine:
 
     def close(self) -> None:
         self._context.close()
-
-
-def _shared_prefix(cached: list[int], prompt: list[int], limit: int) -> int:
-    """How many leading tokens ``cached`` and ``prompt`` share, at most ``limit``."""
-    n = min(len(cached), limit)
-    if n == 0:
-        return 0
-    a = np.asarray(cached[:n])
-    b = np.asarray(prompt[:n])
-    differ = np.flatnonzero(a != b)
-    return int(differ[0]) if differ.size else n

@@ -16,7 +16,7 @@ import ctypes
 import ctypes.util
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import llama_cpp
 import numpy as np
@@ -70,6 +70,28 @@ def load_model(path: str) -> llama_cpp.llama_model_p:
     if not model:
         raise ValueError(f"llama.cpp could not load {path!r} (not a GGUF model it supports?)")
     return model
+
+
+def new_context(model: llama_cpp.llama_model_p, params: Any, threads: int, flash_attn: str, refusal: str) -> Any:
+    """A context on ``model`` with ``params`` and what every context here sets (threads, 0: the
+    default; flash attention; no performance counters). If llama.cpp cannot make it, the model is
+    freed and ``ValueError(refusal)`` raised."""
+    params.n_threads = params.n_threads_batch = threads or default_threads()
+    params.flash_attn_type = FLASH_ATTN[flash_attn]
+    params.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    if not ctx:
+        llama_cpp.llama_model_free(model)
+        raise ValueError(refusal)
+    return ctx
+
+
+def free(ctx: Any, model: Any) -> None:
+    """Free a context and its model (either may be None: already freed)."""
+    if ctx:
+        llama_cpp.llama_free(ctx)
+    if model:
+        llama_cpp.llama_model_free(model)
 
 
 def tokenize(vocab: llama_cpp.llama_vocab_p, text: str, add_special: bool) -> list[int]:
@@ -158,19 +180,12 @@ class SlotContext:
         params.kv_unified = False
         params.n_batch = settings.n_batch
         params.n_ubatch = min(settings.n_ubatch, settings.n_batch)
-        threads = settings.threads or default_threads()
-        params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = FLASH_ATTN[settings.flash_attn]
-        params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(model, params)
-        if not ctx:
-            llama_cpp.llama_model_free(model)
-            raise ValueError(f"llama.cpp could not create a context of {params.n_ctx} tokens for {path!r}")
-        self.ctx = ctx
+        refusal = f"llama.cpp could not create a context of {params.n_ctx} tokens for {path!r}"
+        self.ctx = ctx = new_context(model, params, settings.threads, settings.flash_attn, refusal)
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.slots = settings.slots
         self.slot_context = llama_cpp.llama_n_ctx_seq(ctx)
-        self.threads = threads
+        self.threads = params.n_threads
         self.n_batch = llama_cpp.llama_n_batch(ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
         # Positions a sliding-window layer still needs behind a reused prefix (0: none).
@@ -216,9 +231,5 @@ class SlotContext:
         llama_cpp.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
+        free(self.ctx, self.model)
+        self.ctx = self.model = None

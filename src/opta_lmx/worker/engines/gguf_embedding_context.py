@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np
 
-from opta_lmx.worker.engines.gguf_context import FLASH_ATTN, DecodeError, TokenBatch, default_threads, load_model
+from opta_lmx.worker.engines.gguf_context import DecodeError, TokenBatch, free, load_model, new_context
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,11 @@ class EmbeddingContext:
         params.n_seq_max = settings.sequences
         params.n_ctx = params.n_batch = params.n_ubatch = settings.tokens
         params.kv_unified = True
-        params.n_threads = params.n_threads_batch = settings.threads or default_threads()
-        params.flash_attn_type = FLASH_ATTN[settings.flash_attn]
-        params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(model, params)
-        if not ctx:
-            llama_cpp.llama_model_free(model)
-            raise ValueError(
-                f"llama.cpp could not create an embedding context of {settings.tokens} tokens and "
-                f"{settings.sequences} sequences for {path!r}"
-            )
-        self.ctx = ctx
+        refusal = (
+            f"llama.cpp could not create an embedding context of {settings.tokens} tokens and "
+            f"{settings.sequences} sequences for {path!r}"
+        )
+        self.ctx = ctx = new_context(model, params, settings.threads, settings.flash_attn, refusal)
         self.memory = llama_cpp.llama_get_memory(ctx)  # None for an encoder: no KV cache
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -82,9 +76,5 @@ class EmbeddingContext:
         return rows
 
     def close(self) -> None:
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
+        free(self.ctx, self.model)
+        self.ctx = self.model = None

@@ -58,12 +58,14 @@ class RowSampler:
         if params.frequency_penalty:
             logits[seen] -= params.frequency_penalty * self._counts[seen]
 
-    def pick(self, logits: np.ndarray) -> int:
-        """The next token from processed logits."""
+    def pick(self, logits: np.ndarray, logprobs: np.ndarray | None = None) -> int:
+        """The next token from processed logits (``logprobs``: their log-softmax, if the caller
+        has it already)."""
         if self.greedy:
             return int(np.argmax(logits))
         params = self._params
-        logprobs = log_softmax(logits)
+        if logprobs is None:
+            logprobs = log_softmax(logits)
         if 0 < params.top_p < 1.0:
             logprobs = _top_p(logprobs, params.top_p)
         if params.min_p > 0:

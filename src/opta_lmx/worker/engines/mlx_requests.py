@@ -15,7 +15,7 @@ from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
 from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
 from opta_lmx.worker.stops import StopMatcher
 from opta_lmx.worker.text_stream import TextStream
-from opta_lmx.worker.tool_calls import ToolCallSplitter, template_messages, template_tools
+from opta_lmx.worker.tool_calls import template_messages, template_tools, tool_splitter
 
 
 @dataclass
@@ -77,17 +77,10 @@ class RequestReader:
         except Refused as exc:
             return exc.failed
         params = request.params
-        text = TextStream(self._tokenizer.detokenizer, StopMatcher(params.stop), reasoning, self._tool_splitter(request))
+        text = TextStream(self._tokenizer.detokenizer, StopMatcher(params.stop), reasoning, tool_splitter(self._tokenizer, request.tools))
         # The grammar's mask comes last: nothing after it may make a banned token likely.
         processors = logits_processors_for(params, self._ctx_len) + constraint
         return Prepared(prompt, max_tokens, text, sampler_for(params), processors, params, bool(constraint))
-
-    def _tool_splitter(self, request: Generate) -> ToolCallSplitter | None:
-        tokenizer = self._tokenizer
-        if not request.tools or not tokenizer.has_tool_calling:
-            return None
-        tools = template_tools(request.tools)
-        return ToolCallSplitter(tokenizer.tool_call_start, tokenizer.tool_call_end, tokenizer.tool_parser, tools)
 
     def _reasoning_splitter(self, prompt: list[int]) -> ReasoningSplitter | None:
         if self._think is None:
