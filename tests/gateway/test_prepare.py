@@ -13,9 +13,9 @@ import zmq
 
 from opta_lmx.config import Config
 from opta_lmx.errors import WorkerUnavailable
-from opta_lmx.gateway.generation import Job, prepare
+from opta_lmx.gateway.generation import Job, first_reply, prepare
 from opta_lmx.gateway.link import WorkerLink
-from opta_lmx.proto import ChatMessage, Failed, Generate, Started
+from opta_lmx.proto import ChatMessage, Embed, Embeddings, Failed, Generate, Started
 from tests.gateway.test_link import link, received  # noqa: F401 (fixture)
 
 DRAINING = "tiny#1"
@@ -48,7 +48,7 @@ def dealer(context: zmq.Context, address: str, identity: str) -> zmq.Socket:
 
 def refuse_as_draining(sock: zmq.Socket) -> int:
     request = received(sock)
-    assert isinstance(request, Generate)
+    assert isinstance(request, (Generate, Embed))
     sock.send(msgspec.msgpack.encode(Failed(request.request_id, "model_unavailable", "the model is being unloaded; retry")))
     return request.request_id
 
@@ -88,3 +88,16 @@ async def test_a_worker_that_keeps_refusing_ends_in_a_503_error(link: WorkerLink
         await asyncio.wait_for(preparing, 5)
     assert refused.value.status == 503
     assert link.in_flight == 0
+
+
+async def test_an_embedding_refused_by_a_draining_worker_goes_to_the_model_loaded_again(link: WorkerLink, workers: dict[str, zmq.Socket]) -> None:  # noqa: F811
+    models = Models([DRAINING, "tiny#2"])
+    state = SimpleNamespace(config=Config(), link=link, models=models)
+    embedding = asyncio.ensure_future(first_reply(state, Job("tiny", {"texts": ["a cat"]}), Embed))  # type: ignore[arg-type]
+    await asyncio.to_thread(refuse_as_draining, workers[DRAINING])
+    request = await asyncio.to_thread(received, workers["tiny#2"])
+    assert isinstance(request, Embed) and request.texts == ["a cat"]
+    reply = Embeddings(request.request_id, b"\0" * 16, 4, 3)
+    workers["tiny#2"].send(msgspec.msgpack.encode(reply))
+    pending, first = await asyncio.wait_for(embedding, 5)
+    assert first == reply and pending.identity == b"tiny#2" and models.waited == [DRAINING]

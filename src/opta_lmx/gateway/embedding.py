@@ -16,7 +16,7 @@ from array import array
 from typing import NamedTuple
 
 from opta_lmx.errors import EngineFailure
-from opta_lmx.gateway.generation import next_message
+from opta_lmx.gateway.generation import Job, first_reply
 from opta_lmx.gateway.jobs import resolve
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Embed, Embeddings
@@ -67,22 +67,8 @@ async def embed(
     """``texts`` or ``token_ids`` through the model named ``model`` (a name or an alias): their
     vectors, or with a ``query`` their relevance scores. Raises the ``ApiError`` to answer."""
     target = resolve(state, model)
-    settings = state.config
-    status = await state.models.ready(target.model.name, settings.server.ready_wait, settings.supervisor.load_timeout)
-    pending = await state.link.open(
-        status.identity,
-        Embed,
-        texts=texts or [],
-        token_ids=token_ids or [],
-        truncate=truncate,
-        dimensions=dimensions,
-        query=query,
-    )
-    try:
-        reply = await next_message(state, pending)
-    except BaseException:
-        state.link.cancel(pending)
-        raise
+    fields = {"texts": texts or [], "token_ids": token_ids or [], "truncate": truncate, "dimensions": dimensions, "query": query}
+    _, reply = await first_reply(state, Job(target.model.name, fields), Embed)
     if not isinstance(reply, Embeddings):
         raise EngineFailure(f"unexpected reply to an embedding request: {type(reply).__name__}")
     return Vectors(target.model.name, reply.vectors, reply.dimensions, reply.prompt_tokens, reply.method)

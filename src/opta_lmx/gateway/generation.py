@@ -20,7 +20,7 @@ from opta_lmx.errors import ApiError, GenerationTimeout, QueueFull, WorkerUnavai
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.metrics.requests import note_error, note_jobs, note_pendings
 from opta_lmx.gateway.state import GatewayState
-from opta_lmx.proto import Failed, Finished, FromWorker, Started, TokenChunk, TokenLogprobs, ToolCall
+from opta_lmx.proto import Embed, Failed, Finished, FromWorker, Generate, Started, TokenChunk, TokenLogprobs, ToolCall
 
 
 
@@ -46,29 +46,35 @@ _DRAIN_NOTICE_SECONDS = 5.0
 
 
 async def prepare(state: GatewayState, job: Job) -> Pending:
-    """Load the model if needed, send the request, and wait for the worker to accept it.
+    """Load the model if needed, send the request, and wait for the worker to accept it."""
+    pending, first = await first_reply(state, job)
+    if not isinstance(first, Started):
+        state.link.cancel(pending)
+        raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
+    pending.started = first
+    return pending
+
+
+async def first_reply(state: GatewayState, job: Job, kind: type[Generate | Embed] = Generate) -> tuple[Pending, FromWorker | None]:
+    """Load the model if needed, send ``job`` as a ``kind``, and the worker's first reply to it
+    (a ``Generate``'s ``Started``; an ``Embed``'s ``Embeddings``); a failure is raised.
 
     A worker that began to drain (evicted, unloaded, swapped) as the request reached it refuses
     it untouched; the request then waits for the drain and goes to the model loaded again."""
     settings = state.config
     for attempt in range(_DRAIN_RETRIES + 1):
         status = await state.models.ready(job.model, settings.server.ready_wait, settings.supervisor.load_timeout)
-        pending = await state.link.open(status.identity, **job.fields)
+        pending = await state.link.open(status.identity, kind, **job.fields)
         try:
-            first = await next_message(state, pending)
-            if not isinstance(first, Started):
-                raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
+            return pending, await next_message(state, pending)
         except WorkerUnavailable:
             state.link.cancel(pending)
             if attempt == _DRAIN_RETRIES:
                 raise
             await state.models.wait_draining(job.model, status.identity, _DRAIN_NOTICE_SECONDS)
-            continue
         except BaseException:
             state.link.cancel(pending)
             raise
-        pending.started = first
-        return pending
     raise AssertionError("unreachable")
 
 
@@ -247,7 +253,7 @@ class StreamFormat(NamedTuple):
 
 # Seconds without output before a stream sends its keep-alive line (a cold load, a long prefill).
 KEEPALIVE_SECONDS = 2.0
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Lines = Callable[[list[Pending]], AsyncIterator[bytes]]
 
@@ -269,7 +275,7 @@ async def respond(
             lines = after_load(state, jobs, stream, form)
         else:
             lines = stream(await prepare_all(state, jobs))
-        return StreamingResponse(lines, media_type=form.media_type, headers=_STREAM_HEADERS)
+        return StreamingResponse(lines, media_type=form.media_type, headers=STREAM_HEADERS)
     pendings = await prepare_all(state, jobs)
     collected = await unless_disconnected(request, collect_all(state, pendings))
     if collected is None:
@@ -280,20 +286,33 @@ async def respond(
 async def after_load(state: GatewayState, jobs: list[Job], stream: Lines, form: StreamFormat) -> AsyncIterator[bytes]:
     """For a model that is not loaded yet: keep-alive lines while it loads, then the stream."""
     assert form.keepalive is not None
-    preparing = asyncio.ensure_future(prepare_all(state, jobs))
+    loaded: list[list[Pending]] = []
     try:
-        while True:
-            done, _ = await asyncio.wait({preparing}, timeout=KEEPALIVE_SECONDS)
-            if done:
-                break
-            yield form.keepalive
-        pendings = preparing.result()
+        async for line in load_with_keepalives(state, jobs, form.keepalive, loaded):
+            yield line
     except ApiError as error:
-        note_error(error)
         yield form.error_line(error)
         return
+    async for line in stream(loaded[0]):
+        yield line
+
+
+async def load_with_keepalives(state: GatewayState, jobs: list[Job], keepalive: bytes, out: list[list[Pending]]) -> AsyncIterator[bytes]:
+    """``keepalive`` every ``KEEPALIVE_SECONDS`` while the model loads and the worker accepts the
+    jobs; then the accepted requests are appended to ``out``. Raises (and counts) what
+    ``prepare_all`` raises; requests accepted after the client left are cancelled."""
+    preparing = asyncio.ensure_future(prepare_all(state, jobs))
+    try:
+        while not (await asyncio.wait({preparing}, timeout=KEEPALIVE_SECONDS))[0]:
+            yield keepalive
+        try:
+            out.append(preparing.result())
+        except ApiError as error:
+            note_error(error)
+            raise
     finally:
         if not preparing.done():
             preparing.cancel()
-    async for line in stream(pendings):
-        yield line
+        elif not out and not preparing.cancelled() and preparing.exception() is None:
+            for pending in preparing.result():  # accepted, but the client left: stop them
+                state.link.cancel(pending)

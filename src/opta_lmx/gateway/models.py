@@ -94,12 +94,18 @@ class ModelTable:
     async def caught_up(self, seq: int, timeout: float) -> None:
         """Until the events up to ``seq`` are applied (at most ``timeout`` seconds): what a
         command's reply says happened is then visible here too."""
+        await self.wait_until(lambda: self._seen_seq >= seq, timeout)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Until ``predicate`` holds, checked at each status change (at most ``timeout``
+        seconds); whether it holds."""
         try:
             async with asyncio.timeout(timeout):
                 async with self._changed:
-                    await self._changed.wait_for(lambda: self._seen_seq >= seq)
+                    await self._changed.wait_for(predicate)
         except TimeoutError:
             pass
+        return predicate()
 
     async def command(self, request: ControlRequest, timeout: float = _CONTROL_TIMEOUT) -> ControlReply:
         """The supervisor's reply to one control command; ``WorkerUnavailable`` if none comes
@@ -170,12 +176,7 @@ class ModelTable:
         def settled() -> bool:
             return self._is_running(name) or (self._seen_seq >= after_seq and self._gave_up(name))
 
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._changed:
-                    await self._changed.wait_for(settled)
-        except TimeoutError:
-            pass
+        await self.wait_until(settled, timeout)
         if not self._is_running(name):
             status = self._statuses.get(name)
             detail = f"{status.state}: {status.description}" if status else "unknown state"
@@ -191,12 +192,7 @@ class ModelTable:
             status = self._statuses.get(name)
             return status is None or status.state != "RUNNING" or status.identity != identity
 
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._changed:
-                    await self._changed.wait_for(left)
-        except TimeoutError:
-            pass
+        await self.wait_until(left, timeout)
 
     def _gave_up(self, name: str) -> bool:
         status = self._statuses.get(name)

@@ -1,4 +1,4 @@
-"""The streaming endpoint's own load-then-stream, with the generation path replaced by stand-ins
+"""The streaming endpoint's load-then-stream (the load through generation.load_with_keepalives), with the generation path replaced by stand-ins
 (the real one runs in tests/e2e/test_responses.py): what a client sees while a model loads, and
 when loading fails."""
 
@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from opta_lmx.errors import WorkerUnavailable
+from opta_lmx.gateway import generation
 from opta_lmx.gateway.responses import endpoints
 from opta_lmx.gateway.responses.events import KEEPALIVE_LINE, OutputWriter
 from opta_lmx.proto import Finished, TokenChunk
@@ -18,7 +19,8 @@ from tests.gateway.responses.test_events import events, writer
 
 @pytest.fixture(autouse=True)
 def quick_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(endpoints, "KEEPALIVE_SECONDS", 0.05)
+    monkeypatch.setattr(endpoints, "KEEPALIVE_SECONDS", 0.05)  # a quiet stream's
+    monkeypatch.setattr(generation, "KEEPALIVE_SECONDS", 0.05)  # a load's
 
 
 async def lines_of(w: OutputWriter, kept: list[OutputWriter]) -> list[bytes]:
@@ -35,7 +37,7 @@ async def test_a_loading_model_gets_created_keep_alives_then_the_reply(monkeypat
         yield 0, None  # two seconds without output
         yield 0, Finished(1, "stop", 3, 1)
 
-    monkeypatch.setattr(endpoints, "prepare_all", prepare_all)
+    monkeypatch.setattr(generation, "prepare_all", prepare_all)
     monkeypatch.setattr(endpoints, "merged", merged)
     w, kept = writer(), []
     lines = await lines_of(w, kept)
@@ -54,7 +56,7 @@ async def test_a_load_that_fails_ends_the_stream_with_response_failed(monkeypatc
         await asyncio.sleep(0.12)
         raise WorkerUnavailable("The model 'm' failed to load.")
 
-    monkeypatch.setattr(endpoints, "prepare_all", prepare_all)
+    monkeypatch.setattr(generation, "prepare_all", prepare_all)
     w, kept = writer(), []
     lines = await lines_of(w, kept)
     assert lines[1] == KEEPALIVE_LINE

@@ -92,12 +92,12 @@ async def _wait_unloading(state: GatewayState, name: str) -> None:
     """Until the supervisor starts the unload (it waits for requests in flight, and for two
     heartbeats after the last one), so that ``/api/ps`` no longer lists the model; a model still
     busy after that is unloaded when it goes idle."""
-    deadline = asyncio.get_running_loop().time() + 3 * state.config.supervisor.heartbeat_interval + 1.0
-    while asyncio.get_running_loop().time() < deadline:
+
+    def unloading() -> bool:
         status = state.models.get(name)
-        if status is None or status.state not in ("RUNNING", "STARTING"):
-            return
-        await asyncio.sleep(0.05)
+        return status is None or status.state not in ("RUNNING", "STARTING")
+
+    await state.models.wait_until(unloading, 3 * state.config.supervisor.heartbeat_interval + 1.0)
 
 
 async def answer(

@@ -10,7 +10,6 @@ loads, and a failure then is ``response.failed``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import aclosing
 from typing import AsyncIterator, Callable
@@ -19,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from opta_lmx.errors import ApiError, InvalidRequest
-from opta_lmx.gateway.generation import Job, KEEPALIVE_SECONDS, merged, prepare_all, unless_disconnected
+from opta_lmx.gateway.generation import KEEPALIVE_SECONDS, STREAM_HEADERS, Job, load_with_keepalives, merged, prepare_all, unless_disconnected
 from opta_lmx.gateway.jobs import choices, resolve, sampling
 from opta_lmx.gateway.link import Pending
 from opta_lmx.gateway.responses.events import KEEPALIVE_LINE, OutputWriter
@@ -32,8 +31,6 @@ from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import ChatMessage, TokenChunk
 
 log = logging.getLogger("opta_lmx.gateway")
-
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Keep = Callable[[OutputWriter], None]
 
@@ -73,7 +70,7 @@ class ResponsesApi:
         if body.stream:
             pendings = await prepare_all(state, jobs) if target.running else None
             lines = _events(state, jobs, pendings, writer, keep)
-            return StreamingResponse(lines, media_type="text/event-stream", headers=_STREAM_HEADERS)
+            return StreamingResponse(lines, media_type="text/event-stream", headers=STREAM_HEADERS)
         pendings = await prepare_all(state, jobs)
         done = await unless_disconnected(request, _collect(state, pendings, writer))
         if done is None:
@@ -110,7 +107,7 @@ async def _events(
     try:
         if pendings is None:
             loading: list[list[Pending]] = []
-            async for line in _load(state, jobs, loading):
+            async for line in load_with_keepalives(state, jobs, KEEPALIVE_LINE, loading):
                 yield line
             pendings = loading[0]
         async with aclosing(merged(state, pendings, KEEPALIVE_SECONDS)) as messages:
@@ -127,19 +124,3 @@ async def _events(
     except ApiError as error:
         log.warning("response %s ended with %s: %s", writer.envelope.id, error.code, error.message)
         yield writer.fail(error)
-
-
-async def _load(state: GatewayState, jobs: list[Job], out: list[list[Pending]]) -> AsyncIterator[bytes]:
-    """Keep-alive lines while the model loads and the worker accepts the request; then the
-    accepted requests are appended to ``out``. Raises what ``prepare_all`` raises."""
-    preparing = asyncio.ensure_future(prepare_all(state, jobs))
-    try:
-        while not (await asyncio.wait({preparing}, timeout=KEEPALIVE_SECONDS))[0]:
-            yield KEEPALIVE_LINE
-        out.append(preparing.result())
-    finally:
-        if not preparing.done():
-            preparing.cancel()
-        elif not out and not preparing.cancelled() and preparing.exception() is None:
-            for pending in preparing.result():  # accepted, but the client left: stop them
-                state.link.cancel(pending)
