@@ -147,6 +147,10 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     quantized_kv_start: int = 5000
     draft_model: str = ""
     num_draft_tokens: int = 3
+    # Where MLX on a CPU (no GPU: Linux's mlx[cpu]) computes attention: "numpy" (SIMD softmax,
+    # several times quicker over a long context; worker/engines/mlx_cpu_attention.py) or "mlx"
+    # (its own). MLX on a GPU always uses its own kernel.
+    cpu_attention: Literal["numpy", "mlx"] = "numpy"
     # How long generated text may wait in the worker to leave with the next step's (one message
     # for several tokens): only while steps are quicker than this, so a model whose steps take
     # longer streams every token at once. 0 sends every step's tokens at once.

@@ -38,6 +38,7 @@ _OPTION_ENGINES: dict[str, tuple[str, ...]] = {
     "quantized_kv_start": (MLX,),
     "draft_model": (MLX,),
     "num_draft_tokens": (MLX,),
+    "cpu_attention": (MLX, EMBEDDING),
     "slots": (GGUF,),
     "slot_context": (GGUF,),
     "threads": (GGUF, GGUF_EMBEDDING),

@@ -27,6 +27,7 @@ from tokenizers import Encoding, Tokenizer
 
 from opta_lmx.config import EngineOptions
 from opta_lmx.proto import MemoryReading
+from opta_lmx.worker.engines import mlx_cpu_attention
 from opta_lmx.worker.engines.bert import load_bert
 from opta_lmx.worker.engines.embedding_batches import BatchedEmbedder, EmbedderShape, EmbedInput, Encoded
 from opta_lmx.worker.engines.pooling import SentenceConfig, normalized, pool
@@ -37,6 +38,7 @@ class EmbeddingEngine(BatchedEmbedder):
 
     def __init__(self, model_name: str, path: str, options: EngineOptions = EngineOptions()) -> None:
         location = Path(path)
+        mlx_cpu_attention.install(options.cpu_attention)
         self._model = load_bert(location)
         self._config = self._model.config
         self._sentence = SentenceConfig.read(location)

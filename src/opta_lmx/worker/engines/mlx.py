@@ -27,6 +27,7 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from opta_lmx.config import EngineOptions
 from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading, Started, TokenChunk
+from opta_lmx.worker.engines import mlx_cpu_attention
 from opta_lmx.worker.engines.mlx_grammar import Grammars
 from opta_lmx.worker.engines.mlx_kv_disk import DiskTier
 from opta_lmx.worker.engines.mlx_kv_reuse import KVReuse, Prefilling
@@ -56,6 +57,7 @@ class MlxEngine:
 
     def __init__(self, model_name: str, path: str, options: EngineOptions = EngineOptions()) -> None:
         self.model_name = model_name
+        mlx_cpu_attention.install(options.cpu_attention)
         template = {"chat_template": options.chat_template} if options.chat_template else None
         self._model, self._tokenizer, config = load(path, tokenizer_config=template, return_config=True)
         self.ctx_len = int(config.get("max_position_embeddings") or _DEFAULT_CTX_LEN)
