@@ -63,7 +63,7 @@ def test_skipping_arrays_keeps_their_lengths(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     _write(path)
     file = read_gguf(path, arrays=False)
-    assert file.metadata["tokenizer.ggml.tokens"] == 3
+    assert file.metadata["tokenizer.ggml.tokens"].count == 3
     assert file.metadata["general.name"] == "héllo ✓"
     assert sum(t.n_elements for t in file.tensors) == 64 + 96 + 256
 

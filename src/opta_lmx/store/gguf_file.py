@@ -1,33 +1,21 @@
-"""A GGUF file's header: metadata and tensor directory, read without loading any weights.
-
-``gguf.GGUFReader`` parses every element of every array into its own object (seconds for a
-262k-token vocabulary); the inventory only needs the scalars, and the importer wants the arrays as
-plain lists. So this reads the format directly (llama.cpp's ``docs/gguf.md``, version 2 and 3,
-little-endian) and leaves the tensor bytes on disk until asked for (``tensor_bytes``).
-numpy and the ``gguf`` package are imported only for tensor data: the supervisor's inventory
-reads headers without either.
+"""A GGUF file as the model store sees it: the header (``opta_lmx.gguf_reader``: the inventory
+needs only the scalars, the importer the arrays as plain lists) and the tensors' bytes, left on
+disk until asked for (``tensor_bytes``). numpy and the ``gguf`` package are imported only for
+tensor data: the supervisor's inventory reads headers without either.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opta_lmx.errors import ModelStoreError
+from opta_lmx.gguf_reader import FILE_TYPES, GgufFormatError, read_header
 
 if TYPE_CHECKING:
     import numpy as np
-
-_MAGIC = b"GGUF"
-_DEFAULT_ALIGNMENT = 32
-# GGUF value types: struct format of the scalars; 8 is a string, 9 an array.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
-_STRING, _ARRAY = 8, 9
 
 
 @dataclass(frozen=True)
@@ -91,95 +79,18 @@ class GGUFFile:
 
 
 def read_gguf(path: Path, arrays: bool = True) -> GGUFFile:
-    """Read ``path``'s header. With ``arrays=False`` array values are skipped (kept as their length),
-    which is all an inventory needs and much quicker for large vocabularies.
+    """Read ``path``'s header. With ``arrays=False`` array values are skipped (kept as
+    ``gguf_reader.Skipped``, with their length), which is all an inventory needs and much quicker
+    for large vocabularies.
 
     Raises ``ModelStoreError`` naming the file when it is not a GGUF file or is cut short.
     """
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _Parser(path, data, arrays).parse()
-    except (OSError, ValueError) as exc:
+        header = read_header(path, longest_array=None if arrays else 0, errors="surrogateescape")
+    except (OSError, GgufFormatError) as exc:
         raise ModelStoreError(f"{path}: cannot read as GGUF: {exc}") from None
-    except (struct.error, IndexError, UnicodeDecodeError):
-        raise ModelStoreError(f"{path}: not a valid GGUF file (truncated or corrupt header)") from None
-
-
-class _Parser:
-    def __init__(self, path: Path, data: mmap.mmap, arrays: bool) -> None:
-        self.path = path
-        self.data = data
-        self.pos = 0
-        self.arrays = arrays
-
-    def parse(self) -> GGUFFile:
-        if self.data[:4] != _MAGIC:
-            raise ModelStoreError(f"{self.path}: not a GGUF file (no GGUF magic)")
-        self.pos = 4
-        version = self._scalar(4)
-        if version not in (2, 3):
-            raise ModelStoreError(f"{self.path}: GGUF version {version} is not supported (2 and 3 are)")
-        n_tensors, n_kv = self._scalar(10), self._scalar(10)
-        metadata = {}
-        for _ in range(n_kv):
-            key = self._string()
-            metadata[key] = self._value(self._scalar(4))
-        infos = [self._tensor_info() for _ in range(n_tensors)]
-        alignment = int(metadata.get("general.alignment", _DEFAULT_ALIGNMENT))
-        start = -(-self.pos // alignment) * alignment
-        tensors = [TensorInfo(name, shape, kind, start + offset) for name, shape, kind, offset in infos]
-        return GGUFFile(self.path, version, metadata, tensors)
-
-    def _scalar(self, kind: int) -> Any:
-        fmt = _SCALARS[kind]
-        (value,) = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return value
-
-    def _string(self) -> str:
-        (length,) = struct.unpack_from("<Q", self.data, self.pos)
-        start = self.pos + 8
-        self.pos = start + length
-        if self.pos > len(self.data):
-            raise IndexError("string past the end")
-        return self.data[start : self.pos].decode("utf-8", errors="surrogateescape")
-
-    def _value(self, kind: int) -> Any:
-        if kind == _STRING:
-            return self._string()
-        if kind == _ARRAY:
-            return self._array()
-        if kind not in _SCALARS:
-            raise ModelStoreError(f"{self.path}: unknown GGUF value type {kind}")
-        return self._scalar(kind)
-
-    def _array(self) -> Any:
-        kind, count = self._scalar(4), self._scalar(10)
-        if kind in _NUMPY:
-            start = self.pos
-            self.pos += count * struct.calcsize(_SCALARS[kind])
-            if not self.arrays:
-                return count
-            import numpy as np
-
-            return np.frombuffer(self.data, dtype=np.dtype(_NUMPY[kind]), count=count, offset=start).tolist()
-        if kind == _STRING:
-            if not self.arrays:
-                for _ in range(count):
-                    (length,) = struct.unpack_from("<Q", self.data, self.pos)
-                    self.pos += 8 + length
-                return count
-            return [self._string() for _ in range(count)]
-        values = [self._value(kind) for _ in range(count)]
-        return values if self.arrays else count
-
-    def _tensor_info(self) -> tuple[str, tuple[int, ...], int, int]:
-        name = self._string()
-        n_dims = self._scalar(4)
-        dims = struct.unpack_from(f"<{n_dims}Q", self.data, self.pos)
-        self.pos += 8 * n_dims
-        kind, offset = self._scalar(4), self._scalar(10)
-        return name, tuple(reversed(dims)), kind, offset
+    tensors = [TensorInfo(t.name, t.shape, t.ggml_type, t.offset) for t in header.tensors]
+    return GGUFFile(path, header.version, header.metadata, tensors)
 
 
 def ggml_type_name(ggml_type: int) -> str:
@@ -189,13 +100,3 @@ def ggml_type_name(ggml_type: int) -> str:
         return GGMLQuantizationType(ggml_type).name
     except ValueError:
         return f"type {ggml_type}"
-
-
-# llama.cpp's llama_ftype names (general.file_type), without the MOSTLY_ prefix.
-FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
-}
