@@ -30,13 +30,11 @@ from opta_lmx.proto import Failed, Finished, FromWorker, Generate, MemoryReading
 from opta_lmx.worker.engines.gguf_context import ContextSettings, DecodeError, SlotContext, release_heap
 from opta_lmx.worker.engines.gguf_sampling import RowSampler, log_softmax
 from opta_lmx.worker.engines.gguf_tokenizer import GgufTokenizer, NoChatTemplate
-from opta_lmx.worker.grammar import GrammarError, Grammars
+from opta_lmx.worker.grammar import Grammars
 from opta_lmx.worker.kv_disk import shared_prefix
-from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
-from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
-from opta_lmx.worker.stops import StopMatcher
+from opta_lmx.worker.prompt_checks import Refused, accept
 from opta_lmx.worker.text_stream import TextStream
-from opta_lmx.worker.tool_calls import template_messages, template_tools, tool_splitter
+from opta_lmx.worker.tool_calls import template_messages, template_tools
 
 
 @dataclass(eq=False)
@@ -123,38 +121,25 @@ class GgufEngine:
         tools = template_tools(request.tools) or None
         return tokenizer.apply_chat_template(template_messages(request.messages), tools=tools, thinking=request.thinking)
 
+    def _render(self, request: Generate) -> list[int]:
+        try:
+            return self.prompt_tokens(request)
+        except NoChatTemplate as exc:
+            raise Refused(Failed(request.request_id, "invalid_request", str(exc))) from None
+
     def submit(self, request: Generate) -> list[FromWorker]:
         rid = request.request_id
-        tokenizer = self._tokenizer
         try:
-            prompt = self.prompt_tokens(request)
-        except NoChatTemplate as exc:
-            return [Failed(rid, "invalid_request", str(exc))]
-        except Exception as exc:  # the chat template rejected the messages (jinja raise)
-            return [Failed(rid, "invalid_request", f"chat template failed: {exc}")]
-        try:
-            mask = self._grammars.mask_for(request)
-        except GrammarError as exc:
-            return [Failed(rid, "invalid_request", str(exc))]
-        except Exception as exc:  # llguidance cannot take this vocabulary, or another fault
-            return [Failed(rid, "engine_error", f"constrained decoding unavailable: {type(exc).__name__}: {exc}")]
-        reasoning = self._reasoning_splitter(prompt)
-        if mask is not None and reasoning is not None and reasoning.inside:
-            # A grammar holds from the first token: close the thinking block the template opened
-            # (as templates do with thinking switched off), so the constrained text is the answer.
-            prompt = prompt + tokenizer.encode(f"{tokenizer.think_end}\n\n", add_special_tokens=False)
-            reasoning = self._reasoning_splitter(prompt)
-        try:
-            max_tokens = max_tokens_for(request, prompt, self.ctx_len, len(tokenizer))
+            accepted = accept(request, self._tokenizer, self.ctx_len, self._render, self._grammars.mask_for)
         except Refused as exc:
             return [exc.failed]
-        params = request.params
+        params, prompt = request.params, accepted.prompt
         entry = _Request(
             request_id=rid,
             prompt=prompt,
-            max_tokens=max_tokens,
-            text=TextStream(tokenizer.detokenizer, StopMatcher(params.stop), reasoning, tool_splitter(self._tokenizer, request.tools)),
-            sampler=RowSampler(params, self._context.n_vocab, prompt, mask),
+            max_tokens=accepted.max_tokens,
+            text=accepted.text,
+            sampler=RowSampler(params, self._context.n_vocab, prompt, accepted.grammar),
             top_logprobs=params.top_logprobs if params.logprobs else None,
         )
         self._requests[rid] = entry
@@ -162,15 +147,8 @@ class GgufEngine:
         # Answered before the prefill, so the client gets its HTTP status and headers at once.
         out: list[FromWorker] = [Started(rid, len(prompt))]
         if request.echo:
-            out.append(TokenChunk(rid, tokenizer.decode(prompt), 0))
+            out.append(TokenChunk(rid, self._tokenizer.decode(prompt), 0))
         return out
-
-    def _reasoning_splitter(self, prompt: list[int]) -> ReasoningSplitter | None:
-        tokenizer = self._tokenizer
-        if tokenizer.think_start is None or tokenizer.think_end is None:
-            return None
-        tail = tokenizer.decode(prompt[-16:])  # enough to see whether the prompt opened it
-        return ReasoningSplitter(tokenizer.think_start, tokenizer.think_end, starts_inside(tail, tokenizer.think_start, tokenizer.think_end))
 
     def _admit(self) -> None:
         """Give free slots to waiting requests, in order; each takes the free slot whose cache

@@ -1,6 +1,7 @@
-"""From a ``Generate`` to what the MLX engine runs: the prompt's tokens, checked against the context
-and the vocabulary, the sampler and logits processors (the grammar's mask last), and the
-request's ``TextStream`` (reasoning split, stop strings, tool calls)."""
+"""From a ``Generate`` to what the MLX engine runs: what every engine makes of it
+(``prompt_checks.accept``: the prompt's tokens, checked against the context and the vocabulary,
+and the request's ``TextStream``), and the MLX sampler and logits processors (the grammar's mask
+last)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from opta_lmx.proto import Failed, Generate, SamplingParams
-from opta_lmx.worker.engines.mlx_grammar import GrammarError, Grammars
+from opta_lmx.worker.engines.mlx_grammar import Grammars
 from opta_lmx.worker.engines.mlx_kv_reuse import Waiting
 from opta_lmx.worker.engines.mlx_sampling import logits_processors_for, sampler_for
-from opta_lmx.worker.prompt_checks import Refused, max_tokens_for
-from opta_lmx.worker.reasoning import ReasoningSplitter, starts_inside
-from opta_lmx.worker.stops import StopMatcher
+from opta_lmx.worker.prompt_checks import Refused, accept
 from opta_lmx.worker.text_stream import TextStream
-from opta_lmx.worker.tool_calls import template_messages, template_tools, tool_splitter
+from opta_lmx.worker.tool_calls import template_messages, template_tools
 
 
 @dataclass
@@ -38,7 +37,6 @@ class RequestReader:
         self._tokenizer = tokenizer
         self._ctx_len = ctx_len
         self._grammars = grammars
-        self._think = (tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None
 
     def prompt_tokens(self, request: Generate) -> list[int]:
         """The chat template's rendering of the messages, or a completion's prompt as it is."""
@@ -54,40 +52,16 @@ class RequestReader:
         return list(self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, **extra))
 
     def prepare(self, request: Generate) -> Prepared | Failed:
-        rid = request.request_id
         try:
-            prompt = self.prompt_tokens(request)
-        except Exception as exc:  # the chat template rejected the messages (jinja raise)
-            return Failed(rid, "invalid_request", f"chat template failed: {exc}")
-        try:
-            constraint = self._grammars.for_request(request)
-        except GrammarError as exc:
-            return Failed(rid, "invalid_request", str(exc))
-        except Exception as exc:  # llguidance cannot take this tokenizer, or another fault
-            return Failed(rid, "engine_error", f"constrained decoding unavailable: {type(exc).__name__}: {exc}")
-        reasoning = self._reasoning_splitter(prompt)
-        if constraint and reasoning is not None and reasoning.inside:
-            # A grammar holds from the first token: close the thinking block the template opened
-            # (as templates do with thinking switched off), so the constrained text is the answer.
-            assert self._think is not None
-            prompt = prompt + self._tokenizer.encode(self._think[1] + "\n\n", add_special_tokens=False)
-            reasoning = self._reasoning_splitter(prompt)
-        try:
-            max_tokens = max_tokens_for(request, prompt, self._ctx_len, len(self._tokenizer))
+            accepted = accept(request, self._tokenizer, self._ctx_len, self.prompt_tokens, self._grammars.for_request)
         except Refused as exc:
             return exc.failed
         params = request.params
-        text = TextStream(self._tokenizer.detokenizer, StopMatcher(params.stop), reasoning, tool_splitter(self._tokenizer, request.tools))
         # The grammar's mask comes last: nothing after it may make a banned token likely.
-        processors = logits_processors_for(params, self._ctx_len) + constraint
-        return Prepared(prompt, max_tokens, text, sampler_for(params), processors, params, bool(constraint))
-
-    def _reasoning_splitter(self, prompt: list[int]) -> ReasoningSplitter | None:
-        if self._think is None:
-            return None
-        start, end = self._think
-        tail = self._tokenizer.decode(prompt[-16:])  # enough to see whether the prompt opened it
-        return ReasoningSplitter(start, end, starts_inside(tail, start, end))
+        processors = logits_processors_for(params, self._ctx_len) + accepted.grammar
+        return Prepared(
+            accepted.prompt, accepted.max_tokens, accepted.text, sampler_for(params), processors, params, bool(accepted.grammar)
+        )
 
 
 PARKED = -1  # the uid of a request not yet in a generator
