@@ -259,3 +259,30 @@ def check_survives_kill_9(make_server, name: str, path: Path, engine: str, optio
 
 def test_the_embedding_worker_survives_a_kill_9(make_server, minilm_model: Path) -> None:
     check_survives_kill_9(make_server, "minilm", minilm_model, "tests.support.engines:SlowEmbeddingEngine", "")
+
+
+def test_embedding_requests_past_the_queue_get_429_with_retry_after(make_server, minilm_model: Path) -> None:
+    """One request in the engine and one waiting (batch_size 1 + max_queued 1): the rest of a
+    burst is refused at once, in each dialect's error shape, and the model serves afterwards."""
+    server = make_server(
+        f'[[models]]\nname = "minilm"\npath = "{minilm_model}"\n[models.options]\nbatch_size = 1\nmax_queued = 1\n'
+    )
+    server.wait_models()
+    texts = [f"{CAT}, number {i}. " * 12 for i in range(32)]  # 32 forward passes a request: seconds
+
+    def one(i: int) -> tuple[str, int, str | None, object]:
+        path = "/v1/embeddings" if i % 2 else "/api/embed"
+        reply = httpx.post(f"{server.base_url}{path}", json={"model": "minilm", "input": texts}, timeout=300)
+        return path, reply.status_code, reply.headers.get("retry-after"), reply.json()["error"] if reply.status_code != 200 else None
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(one, range(16)))
+    assert {code for _, code, _, _ in outcomes} == {200, 429}, outcomes
+    assert 2 <= sum(code == 200 for _, code, _, _ in outcomes) < 16
+    for path, code, retry, error in outcomes:
+        if code == 429:
+            assert retry == "1"
+            message = error["message"] if path == "/v1/embeddings" else error
+            assert "minilm" in message and "limit" in message, error
+    reply = httpx.post(f"{server.base_url}/v1/embeddings", json={"model": "minilm", "input": CAT}, timeout=300)
+    assert reply.status_code == 200

@@ -4,7 +4,8 @@ one ``Embed``, await its one reply.
 A dialect decodes its own body and shapes its own answer; this module is what lies between.
 The worker answers ``Embeddings`` or ``Failed`` (the wrong kind of model, an input over the
 context, ``dimensions`` the model was not trained for: 400s); a worker that dies or stays silent
-past the inter-token timeout is the same 503/504 a generation gets. A caller that is cancelled
+past the inter-token timeout is the same 503/504 a generation gets, and a request past the
+model's queue (``batch_size`` + ``max_queued`` in flight) the same 429. A caller that is cancelled
 (its client went away) cancels the request on the worker.
 """
 
@@ -16,7 +17,7 @@ from array import array
 from typing import NamedTuple
 
 from opta_lmx.errors import EngineFailure
-from opta_lmx.gateway.generation import Job, first_reply
+from opta_lmx.gateway.generation import Job, admit, first_reply
 from opta_lmx.gateway.jobs import resolve
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Embed, Embeddings
@@ -68,7 +69,9 @@ async def embed(
     vectors, or with a ``query`` their relevance scores. Raises the ``ApiError`` to answer."""
     target = resolve(state, model)
     fields = {"texts": texts or [], "token_ids": token_ids or [], "truncate": truncate, "dimensions": dimensions, "query": query}
-    _, reply = await first_reply(state, Job(target.model.name, fields), Embed)
+    job = Job(target.model.name, fields)
+    admit(state, [job])
+    _, reply = await first_reply(state, job, Embed)
     if not isinstance(reply, Embeddings):
         raise EngineFailure(f"unexpected reply to an embedding request: {type(reply).__name__}")
     return Vectors(target.model.name, reply.vectors, reply.dimensions, reply.prompt_tokens, reply.method)
