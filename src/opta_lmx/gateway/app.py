@@ -16,24 +16,25 @@ from opta_lmx.gateway import admin, anthropic, ollama, openai, rerank, responses
 from opta_lmx.gateway.anthropic.errors import error_response as anthropic_error
 from opta_lmx.gateway.endpoints import openai_error
 from opta_lmx.gateway.limits import BodyLimit
-from opta_lmx.gateway.metrics.registry import GatewayMetrics
+from opta_lmx.gateway.metrics.registry import GatewayMetrics, dialect_of
 from opta_lmx.gateway.metrics.requests import RequestMetrics
 from opta_lmx.gateway.openapi import openapi_json
 from opta_lmx.gateway.state import GatewayState
 
 
+_ERROR_SHAPES = {"ollama": ollama.ollama_error, "anthropic": anthropic_error}
+
+
 async def _on_http_error(request: Request, exc: Exception) -> Response:
-    """No route, or not this method: the shape of the dialect the path belongs to (OpenAI's,
-    which most clients of a local server read, where no dialect claims it), with the exception's
+    """No route, or not this method: the shape of the dialect the path belongs to
+    (``metrics.registry.dialect_of``, which labels its metrics too; OpenAI's, which most clients
+    of a local server read, where no dialect claims it), with the exception's
     headers (a 405 lists the allowed methods in ``Allow``)."""
     assert isinstance(exc, HTTPException)
     error = InvalidRequest(exc.detail or "request not allowed")
     error.status = exc.status_code
     error.code = "not_found" if exc.status_code == 404 else "method_not_allowed"
-    path = request.url.path
-    render = ollama.ollama_error if path.startswith("/api/") else openai_error
-    if path.startswith("/v1/messages"):
-        render = anthropic_error
+    render = _ERROR_SHAPES.get(dialect_of(request.url.path), openai_error)
     response = render(error)
     response.headers.update(exc.headers or {})
     return response

@@ -240,11 +240,12 @@ class Supervisor:
         budget, memory = self.budget(), self.config.memory
         return policy.Limits(budget, int(budget * memory.soft_limit), int(budget * memory.hard_limit), memory.hard_readings)
 
-    def admission_views(self, worker: WorkerProcess) -> list[policy.WorkerView]:
+    def admission_views(self, worker: WorkerProcess, counted: Mapping[str, int] | None = None) -> list[policy.WorkerView]:
         """The loaded workers other than ``worker`` as admission counts them: each the larger of
-        its measured use and its estimate; those being stopped already are left out."""
+        its measured use and its estimate (``counted``, by name, when the caller has just
+        measured them); those being stopped already are left out."""
         return [
-            w.view(max(w.memory_used(), self.estimate(w)))
+            w.view(counted[w.name] if counted is not None else max(w.memory_used(), self.estimate(w)))
             for w in self.workers.values()
             if w.alive and w is not worker and w.name not in self._stopping_tasks
         ]

@@ -26,7 +26,7 @@ def model_status(worker: WorkerProcess, seq: int) -> ModelStatus:
         state=worker.state.value,
         seq=seq,
         generation=worker.generation,
-        pid=worker.proc.pid if worker.proc and worker.proc.returncode is None else 0,
+        pid=worker.pid,
         identity=worker.identity if serving else "",
         ctx_len=worker.ready.ctx_len if running and worker.ready else 0,
         started_at=worker.started_at,
@@ -79,7 +79,7 @@ def memory_report(supervisor: Supervisor, model: WorkerProcess | None) -> Memory
         hard_limit=limits.hard,
         max_loaded_models=supervisor.config.memory.max_loaded_models,
         workers=workers,
-        estimate=_estimate(supervisor, model, limits.budget) if model is not None else None,
+        estimate=_estimate(supervisor, model, limits.budget, {w.name: w.counted for w in workers}) if model is not None else None,
     )
 
 
@@ -91,7 +91,7 @@ def _worker_memory(supervisor: Supervisor, worker: WorkerProcess) -> WorkerMemor
     return WorkerMemory(
         name=worker.name,
         state=worker.state.value,
-        pid=worker.proc.pid if worker.proc and worker.proc.returncode is None else 0,
+        pid=worker.pid,
         counted=max(used, estimate),
         used=used,
         estimate=estimate,
@@ -105,10 +105,11 @@ def _worker_memory(supervisor: Supervisor, worker: WorkerProcess) -> WorkerMemor
     )
 
 
-def _estimate(supervisor: Supervisor, worker: WorkerProcess, budget: int) -> AdmissionEstimate:
-    """The decision ``Supervisor.load`` would take now (a loaded model is counted as if it were not)."""
+def _estimate(supervisor: Supervisor, worker: WorkerProcess, budget: int, counted: dict[str, int]) -> AdmissionEstimate:
+    """The decision ``Supervisor.load`` would take now (a loaded model is counted as if it were
+    not), from the workers' use as the report just ``counted`` it."""
     need = supervisor.estimate(worker)
-    loaded = supervisor.admission_views(worker)
+    loaded = supervisor.admission_views(worker, counted)
     decision = policy.admit(need, loaded, budget, supervisor.config.memory.max_loaded_models)
     free = max(0, budget - sum(w.used for w in loaded))
     if isinstance(decision, policy.Refuse):

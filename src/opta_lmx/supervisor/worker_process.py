@@ -128,10 +128,15 @@ class WorkerProcess:
     def active_requests(self) -> int:
         return self.last_heartbeat.active_requests if self.last_heartbeat else 0
 
+    @property
+    def pid(self) -> int:
+        """The worker process's pid while it runs; 0 when there is none."""
+        return self.proc.pid if self.proc and self.proc.returncode is None else 0
+
     def memory_used(self) -> int:
         """The larger of the worker's own report and the OS view of its process tree (USS)."""
         reported = self.last_heartbeat.memory.uss if self.last_heartbeat else 0
-        return max(reported, process_tree_uss(self.proc.pid) if self.proc and self.proc.returncode is None else 0)
+        return max(reported, process_tree_uss(self.pid) if self.pid else 0)
 
     @property
     def keep_alive(self) -> float:

@@ -108,16 +108,6 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
 
-def decode_body(raw: bytes, kind: type[msgspec.Struct]) -> Any:
-    """An optional JSON body (empty: the Struct's defaults); a bad one is a 400 naming the path."""
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-
-
 def command_result(result: ControlReply, **extra: Any) -> Response:
     assert isinstance(result, CommandResult)
     return json_response({"ok": True, "message": result.message, **extra})

@@ -16,7 +16,6 @@ from opta_lmx.errors import InvalidRequest
 from opta_lmx.gateway.admin.control import (
     ask,
     command_result,
-    decode_body,
     json_response,
     load_timeout,
     model_body,
@@ -25,12 +24,16 @@ from opta_lmx.gateway.admin.control import (
     state_of,
     stop_timeout,
 )
+from opta_lmx.gateway.decoding import decode_body
 from opta_lmx.gateway.metrics.live import queue_of
 from opta_lmx.proto import GetModels, ModelsReply, Restart, Signal, Start, Stop, Tail, TailReply
 
 
 class SignalBody(msgspec.Struct, forbid_unknown_fields=True):
     signal: str = "KILL"
+
+
+_SIGNAL = msgspec.json.Decoder(SignalBody)
 
 
 async def list_models(request: Request) -> Response:
@@ -64,7 +67,7 @@ async def restart(request: Request) -> Response:
 
 async def signal(request: Request) -> Response:
     """Signal the worker's process group (default KILL); the supervisor restarts it."""
-    body: SignalBody = decode_body(await request.body(), SignalBody)
+    body = decode_body(_SIGNAL, await request.body() or b"{}")
     result = await ask(state_of(request), Signal(model_name(request), body.signal.upper()))
     return command_result(result)
 

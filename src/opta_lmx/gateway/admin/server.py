@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from opta_lmx.errors import ApiError
 from opta_lmx.gateway.admin.control import ask, command_result, json_response, resolve, state_of, stop_timeout
-from opta_lmx.proto import GetMemory, GetStatus, MemoryReply, ModelStatus, Reload, StatusReply
+from opta_lmx.gateway.metrics.live import gather
+from opta_lmx.proto import GetMemory, MemoryReply, Reload
 
 # A reload drains the models it replaces one after the other; 15 minutes, as lmxctl waits.
 _RELOAD_TIMEOUT = 15 * 60.0
@@ -32,15 +31,9 @@ async def health(request: Request) -> Response:
     supervisor does not answer or the server is shutting down."""
     state = state_of(request)
     began = time.monotonic()
-    try:
-        status, memory = await asyncio.gather(
-            ask(state, GetStatus(), _HEALTH_TIMEOUT), ask(state, GetMemory(), _HEALTH_TIMEOUT)
-        )
-    except ApiError:
-        status = memory = None
-    answered = isinstance(status, StatusReply) and isinstance(memory, MemoryReply)
+    figures = await gather(state, _HEALTH_TIMEOUT)
     seconds = time.monotonic() - began
-    statuses: list[ModelStatus] = status.models if isinstance(status, StatusReply) else state.models.statuses()
+    answered, statuses, memory = figures.supervisor_up, figures.statuses, figures.memory
     verdict = "ok"
     if any(s.state == "FATAL" for s in statuses):
         verdict = "degraded"
@@ -56,7 +49,7 @@ async def health(request: Request) -> Response:
         },
         "supervisor": {"answering": answered, "seconds": round(seconds, 6) if answered else None},
         "models": {s.name: {"state": s.state, "description": s.description} for s in statuses},
-        "memory": {"budget": memory.budget, "used": memory.used} if isinstance(memory, MemoryReply) else None,
+        "memory": {"budget": memory.budget, "used": memory.used} if memory is not None else None,
     }
     return json_response(body, 503 if verdict == "unavailable" else 200)
 

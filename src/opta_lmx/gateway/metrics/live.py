@@ -47,12 +47,12 @@ class LiveFigures(NamedTuple):
 NO_FIGURES = LiveFigures(False, [], None, {})
 
 
-async def gather(state: GatewayState) -> LiveFigures:
-    """Ask the supervisor (both questions at once); without an answer, the statuses of the last
-    events stand in and ``supervisor_up`` is false."""
+async def gather(state: GatewayState, timeout: float = _ASK_TIMEOUT) -> LiveFigures:
+    """Ask the supervisor (both questions at once); without an answer within ``timeout`` seconds,
+    the statuses of the last events stand in and ``supervisor_up`` is false."""
     try:
         status, memory = await asyncio.gather(
-            state.models.command(GetStatus(), _ASK_TIMEOUT), state.models.command(GetMemory(), _ASK_TIMEOUT)
+            state.models.command(GetStatus(), timeout), state.models.command(GetMemory(), timeout)
         )
     except ApiError:
         status = memory = None
