@@ -101,6 +101,13 @@ def test_decode_steps_and_sinks_are_left_to_mlx(monkeypatch: pytest.MonkeyPatch)
     assert calls == [False, True]
 
 
+def test_under_compile_it_leaves_the_work_to_mlx() -> None:
+    queries, keys, values = inputs(1, 4, 2, 200, 200, 16)
+    compiled = mx.compile(lambda q, k, v: mlx_cpu_attention.attention(q, k, v, scale=0.3, mask="causal"))
+    theirs = mlx_attention(queries, keys, values, scale=0.3, mask="causal")
+    assert mx.allclose(compiled(queries, keys, values), theirs, atol=1e-5).item()
+
+
 def test_install_replaces_mlx_attention_on_the_cpu_only_when_asked() -> None:
     assert mx.default_device() == mx.cpu
     assert mlx_cpu_attention.install("numpy") is True

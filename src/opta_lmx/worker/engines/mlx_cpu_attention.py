@@ -61,10 +61,13 @@ def attention(
     if sinks is not None or rest or length == 1 or length * seen < _SMALL:
         return _mlx_attention(queries, keys, values, scale=scale, mask=mask, sinks=sinks, **rest)
     group = heads // kv_heads
-    q = _numpy(queries).reshape(batch, kv_heads, group, length, dim) * np.float32(scale)
-    k_t = _numpy(keys)[:, :, None].swapaxes(-1, -2)
-    v = _numpy(values)[:, :, None]
-    masks = None if mask is None or isinstance(mask, str) else _grouped(_numpy_mask(mask), heads, group)
+    try:
+        q = _numpy(queries).reshape(batch, kv_heads, group, length, dim) * np.float32(scale)
+        k_t = _numpy(keys)[:, :, None].swapaxes(-1, -2)
+        v = _numpy(values)[:, :, None]
+        masks = None if mask is None or isinstance(mask, str) else _grouped(_numpy_mask(mask), heads, group)
+    except ValueError:  # inside mx.compile or vmap, where nothing may be evaluated
+        return _mlx_attention(queries, keys, values, scale=scale, mask=mask)
     out = np.empty((batch, kv_heads, group, length, values.shape[-1]), np.float32)
     rows = max(1, _BLOCK // (batch * heads * seen))
     for start in range(0, length, rows):
