@@ -183,6 +183,9 @@ def restart_probe(server: servers.Server, workload: Workload, before: int, max_t
             on(name, done)
     for name in PROBE_NAMES[1:]:
         out[f"{name}_restart"] = lmxctl(server, "restart", name)
+    # A restart takes the warm spare and starts another, which imports mlx-lm: CPU the turns
+    # measured next must not share.
+    out["quiet_wait_s"] = probes.wait_quiet(server, 120)
     for name in PROBE_NAMES:
         result = on(name, before)
         out[name] = asdict(result)
@@ -221,12 +224,13 @@ def start_servers(args: argparse.Namespace, model_dir: Path, work_dir: Path) -> 
         servers.OPTA_B: lambda: servers.start_opta(model_dir, work_dir / "opta-b", 300, args.opta_options,
                                                    servers.OPTA_B, args.opta_b_src),
     }
-    if args.opta_b_src is not None:
+    if args.opta_b_src is not None and servers.OPTA_B not in names:
         names.append(servers.OPTA_B)
     if args.vllm_mlx_python:
         ok, detail = servers.vllm_mlx_available(args.vllm_mlx_python)
         if ok:
-            names.append(servers.VLLM_MLX)
+            if servers.VLLM_MLX not in names:  # --vllm-mlx-python alone asks for it too
+                names.append(servers.VLLM_MLX)
             starters[servers.VLLM_MLX] = lambda: servers.start_vllm_mlx(args.vllm_mlx_python, model_dir,
                                                                           work_dir / "vllm", 300, peer_env)
         else:

@@ -124,6 +124,19 @@ def wait_for_spare(server: Server, timeout_s: float) -> float | None:
     return None
 
 
+def wait_quiet(server: Server, timeout_s: float, cores: float = 0.1, window_s: float = 1.0) -> float | None:
+    """Seconds until the server's processes use less than ``cores`` of CPU over ``window_s``
+    (a new warm spare imported, a stopped worker's caches written), or None if they did not
+    within ``timeout_s``: a measurement after a restart must not share the CPU with its wake."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        meter = CpuMeter(server)
+        time.sleep(window_s)
+        if meter.cores().get("server_cpu_cores", cores) < cores:
+            return time.perf_counter() - start
+    return None
+
+
 class CpuMeter:
     """CPU seconds of the server's processes, of this process, and of the whole machine.
 
