@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import gguf
@@ -64,6 +65,23 @@ def test_a_cut_or_foreign_file_is_a_format_error(tmp_path: Path, cut: int) -> No
     path.write_bytes(path.read_bytes()[:cut])
     with pytest.raises(GgufFormatError):
         read_header(path)
+
+
+def test_an_empty_file_and_impossible_lengths_are_format_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(GgufFormatError, match="empty"):
+        read_header(empty)
+    # One key, a string array of 2**62 entries whose first string says it is 2**63 bytes long.
+    huge = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 8, 1 << 62)
+    path = tmp_path / "huge.gguf"
+    path.write_bytes(huge + struct.pack("<Q", 1 << 63) + b"x" * 16)
+    for longest in (None, 0):
+        with pytest.raises(GgufFormatError):
+            read_header(path, longest_array=longest)
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 6, 1 << 60))
+    with pytest.raises(GgufFormatError):  # floats past any offset
+        read_header(path, longest_array=0)
 
 
 def test_a_bad_alignment_is_a_format_error(tmp_path: Path) -> None:

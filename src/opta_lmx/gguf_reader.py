@@ -15,6 +15,7 @@ the data section, which starts at the next multiple of ``general.alignment``.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -80,12 +81,17 @@ def read_header(
     of vocabulary entries: cheaper than decoding a vocabulary). Strings are decoded from UTF-8
     with ``errors`` ("surrogateescape" keeps bytes that are not UTF-8, as a byte-level vocabulary
     needs). Raises ``OSError`` for a file that cannot be read, ``GgufFormatError`` for the rest."""
-    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        cursor = _Cursor(data, longest_array, frozenset(find_tokens), errors)
-        try:
-            return cursor.header()
-        except (struct.error, IndexError, UnicodeDecodeError):
-            raise GgufFormatError("not a valid GGUF file (truncated or corrupt header)") from None
+    with open(path, "rb") as file:
+        if not os.fstat(file.fileno()).st_size:  # mmap refuses an empty file
+            raise GgufFormatError("not a GGUF file (empty)")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            cursor = _Cursor(data, longest_array, frozenset(find_tokens), errors)
+            try:
+                return cursor.header()
+            # A corrupt length or count runs past the end (IndexError, struct.error) or past what
+            # an offset can be (OverflowError); corrupt nesting past the stack (RecursionError).
+            except (struct.error, IndexError, OverflowError, RecursionError, UnicodeDecodeError):
+                raise GgufFormatError("not a valid GGUF file (truncated or corrupt header)") from None
 
 
 class _Cursor:
@@ -133,6 +139,13 @@ class _Cursor:
             raise IndexError("a string runs past the end of the file")
         return self.data[start : self.at]
 
+    def skip_string(self) -> bytes:
+        (length,) = struct.unpack_from("<Q", self.data, self.at)
+        self.at += 8 + length
+        if self.at > len(self.data):
+            raise IndexError("a string runs past the end of the file")
+        return b""
+
     def string(self) -> str:
         return self.raw_string().decode("utf-8", self.errors)
 
@@ -148,19 +161,21 @@ class _Cursor:
     def array(self) -> Any:
         kind, count = self.scalar(4), self.scalar(10)
         keep = self.longest_array is None or count <= self.longest_array
-        if kind == _STRING and not keep and not self.find:
-            for _ in range(count):
-                (length,) = struct.unpack_from("<Q", self.data, self.at)
-                self.at += 8 + length
+        if kind == _STRING and not keep:
+            for _ in range(count):  # walked, not kept: a vocabulary is most of a header
+                token = self.raw_string() if self.find else self.skip_string()
+                if token in self.find:
+                    self.found.add(token)
             return Skipped(kind, count)
         if kind == _STRING:
             strings = [self.raw_string() for _ in range(count)]
-            if self.find:
-                self.found.update(self.find.intersection(strings))
-            return [s.decode("utf-8", self.errors) for s in strings] if keep else Skipped(kind, count)
+            self.found.update(self.find.intersection(strings))
+            return [s.decode("utf-8", self.errors) for s in strings]
         if kind in _SCALARS:
             fmt = _SCALARS[kind]
             start, self.at = self.at, self.at + count * struct.calcsize(fmt)
+            if self.at > len(self.data):
+                raise IndexError("an array runs past the end of the file")
             if not keep:
                 return Skipped(kind, count)
             return list(struct.unpack_from(f"<{count}{fmt[1]}", self.data, start))
