@@ -149,7 +149,7 @@ class EngineOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     num_draft_tokens: int = 3
     # Where MLX on a CPU (no GPU: Linux's mlx[cpu]) computes attention: "numpy" (SIMD softmax,
     # several times quicker over a long context; worker/engines/mlx_cpu_attention.py) or "mlx"
-    # (its own). MLX on a GPU always uses its own kernel.
+    # (its own). MLX on a GPU always uses its own kernel, and so does a quantized KV cache.
     cpu_attention: Literal["numpy", "mlx"] = "numpy"
     # How long generated text may wait in the worker to leave with the next step's (one message
     # for several tokens): only while steps are quicker than this, so a model whose steps take

@@ -5,15 +5,18 @@ product, a masked softmax and a product, and the wheel's element-wise code on x8
 ``exp`` costs about 16 ns an element here, numpy's (SIMD) under 1 ns. Over a long history the
 softmax is most of a prompt's prefill: 1,000 new tokens after 12,000 cached ones took 1.76 s on the
 tiny demo model, 0.27 s with this; a 135M model at that context spends about 90 % of a prefilled
-token's time in it (bench/cpu_attention.py measures both, and whether greedy tokens change).
+token's time in it (``bench/blas.py --compare attention`` measures both, and whether greedy
+tokens change).
 
 ``install`` puts ``attention`` in place of ``mx.fast.scaled_dot_product_attention`` in the worker's
 process, where every mlx-lm model finds it (they look the name up on each call). It computes
 ``softmax(scale * q @ kᵀ + mask) @ v`` in float32 in blocks of query rows, so no more than
 ``_BLOCK`` scores exist at once (MLX's fallback makes all of them: 2 GB for a 2,048-token chunk
-over 30,000 keys on 9 heads). What it does not cover goes to MLX's own: attention sinks, and
-decode steps (one query a sequence), where numpy gained nothing in the same measurements and would
-make MLX wait for each layer's inputs instead of building the next step's graph meanwhile.
+over 30,000 keys on 9 heads). What it does not cover goes to MLX's own: attention sinks, code
+under ``mx.compile``, and decode steps (one query a sequence, or a few in a speculative step's
+check), where numpy gained nothing in the same measurements and would make MLX wait for each
+layer's inputs instead of building the next step's graph meanwhile. A quantized KV cache
+(``kv_bits``) never comes here: mlx-lm computes its attention itself.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 _BLOCK = 1 << 22
 # Below this many scores per head MLX's own path is as quick (the copies to numpy cost more).
 _SMALL = 1 << 14
+# At most this many queries a sequence is a decode step (a speculative one checks a few tokens).
+_DECODE = 8
 # What MLX writes for a masked score: the float32 minimum, not -inf, so a row with every key
 # masked (a padded position of a batch) averages the values instead of making NaNs.
 _MASKED = np.finfo(np.float32).min
@@ -58,7 +63,9 @@ def attention(
     S - L + i) or an array broadcastable to (B, H, L, S), boolean (True: seen) or added."""
     batch, heads, length, dim = queries.shape
     kv_heads, seen = keys.shape[1], keys.shape[2]
-    if sinks is not None or rest or length == 1 or length * seen < _SMALL:
+    causal = isinstance(mask, str) and mask == "causal"
+    other_mask = isinstance(mask, str) and not causal  # MLX's to refuse
+    if sinks is not None or rest or other_mask or length <= _DECODE or length * seen < _SMALL:
         return _mlx_attention(queries, keys, values, scale=scale, mask=mask, sinks=sinks, **rest)
     group = heads // kv_heads
     try:
@@ -73,7 +80,7 @@ def attention(
     for start in range(0, length, rows):
         end = min(length, start + rows)
         scores = np.matmul(q[:, :, :, start:end], k_t)
-        if mask == "causal":
+        if causal:
             _mask_future(scores, start, length, seen)
         elif masks is not None:
             _apply(scores, masks if masks.shape[-2] == 1 else masks[..., start:end, :])
