@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -191,3 +192,28 @@ def test_a_flood_past_the_queue_gets_429_with_retry_after_and_health_stays_respo
     assert 12 <= served < 2000, served  # at least the batch and the queue; the rest refused
     assert len(health_times) > 3 and max(health_times) < 1.0, health_times
     assert chat(server, {"model": "tiny", "messages": MESSAGES, "max_tokens": 2}).status_code == 200
+
+
+def test_requests_waiting_for_a_cold_model_count_against_its_queue(make_server, tiny_model: Path) -> None:
+    """A burst at a model that is still loading (3 s, tests/support/engines.py) is bounded
+    like one at a running model: batch_size 1 + max_queued 1 are served, the rest get 429 at
+    once instead of all waiting for the load."""
+    engine = 'engine = "tests.support.engines:SlowLoadEngine"'
+    server = make_server(
+        f'[[models]]\nname = "tiny"\npath = "{tiny_model}"\n{engine}\nload_on_start = false\n'
+        "[models.options]\nbatch_size = 1\nmax_queued = 1\n"
+    )
+    server.wait_models({"tiny": "STOPPED"})
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 2}
+
+    def one(_: int) -> tuple[int, float]:
+        started = time.monotonic()
+        return chat(server, body).status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(one, range(8)))
+    assert sorted(code for code, _ in outcomes) == [200, 200] + [429] * 6, outcomes
+    assert all(seconds < 2.0 for code, seconds in outcomes if code == 429), outcomes  # not after the load
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    assert 'opta_lmx_requests_in_flight{model="tiny"} 0.0' in metrics  # every place given back
+    assert chat(server, body).status_code == 200

@@ -256,3 +256,18 @@ async def test_cancel_reaches_the_worker_and_late_replies_are_dropped(link: Work
     worker.send_multipart([msgspec.msgpack.encode(message) for message in late])
     assert await next_message(second) == Started(second.request_id, 1)
     assert first.queue.empty()
+
+
+async def test_a_reserved_place_counts_until_its_request_takes_it_over_or_gives_it_back(link: WorkerLink, worker: zmq.Socket) -> None:
+    model = IDENTITY.partition("#")[0]
+    sent, unsent = link.reserve(model, 2)
+    assert link.in_flight_for(model) == 2 and link.in_flight == 0  # waiting for a load, say
+    pending = await link.open(IDENTITY, reservation=sent, messages=[ChatMessage("user", "a")])
+    received(worker)
+    link.release(sent)  # the request holds the place now: nothing given back
+    assert link.in_flight_for(model) == 2 and link.in_flight == 1
+    link.release(unsent)
+    link.release(unsent)
+    assert link.in_flight_for(model) == 1
+    link.cancel(pending)
+    assert link.in_flight_for(model) == 0

@@ -4,6 +4,7 @@ stuck on purpose."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from opta_lmx.proto import FromWorker
 from opta_lmx.worker.engines.embedding import EmbeddingEngine
@@ -13,6 +14,7 @@ from opta_lmx.worker.engines.mlx import MlxEngine
 STALL_AFTER = 5
 SLOW_STEP_SECONDS = 0.03
 SLOW_PREFILL_SECONDS = 0.8
+SLOW_LOAD_SECONDS = 3.0
 
 
 class StallingEngine(MlxEngine):
@@ -33,6 +35,14 @@ class SlowEngine(MlxEngine):
     def step(self) -> list[FromWorker]:
         time.sleep(SLOW_STEP_SECONDS)
         return super().step()
+
+
+class SlowLoadEngine(SlowEngine):
+    """A load that takes ``SLOW_LOAD_SECONDS``: requests for a cold model wait for it together."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(SLOW_LOAD_SECONDS)
+        super().__init__(*args, **kwargs)
 
 
 class FirstStepEngine(MlxEngine):

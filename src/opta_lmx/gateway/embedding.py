@@ -70,8 +70,8 @@ async def embed(
     target = resolve(state, model)
     fields = {"texts": texts or [], "token_ids": token_ids or [], "truncate": truncate, "dimensions": dimensions, "query": query}
     job = Job(target.model.name, fields)
-    admit(state, [job])
-    _, reply = await first_reply(state, job, Embed)
+    (reservation,) = admit(state, [job])
+    _, reply = await first_reply(state, job, Embed, reservation)
     if not isinstance(reply, Embeddings):
         raise EngineFailure(f"unexpected reply to an embedding request: {type(reply).__name__}")
     return Vectors(target.model.name, reply.vectors, reply.dimensions, reply.prompt_tokens, reply.method)

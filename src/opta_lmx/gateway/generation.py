@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from opta_lmx.errors import ApiError, GenerationTimeout, QueueFull, WorkerUnavailable, failure_to_error
-from opta_lmx.gateway.link import Pending
+from opta_lmx.gateway.link import Pending, Reservation
 from opta_lmx.gateway.metrics.requests import note_error, note_jobs, note_pendings
 from opta_lmx.gateway.state import GatewayState
 from opta_lmx.proto import Embed, Failed, Finished, FromWorker, Generate, Started, TokenChunk, TokenLogprobs, ToolCall
@@ -45,9 +45,9 @@ _DRAIN_RETRIES = 2
 _DRAIN_NOTICE_SECONDS = 5.0
 
 
-async def prepare(state: GatewayState, job: Job) -> Pending:
+async def prepare(state: GatewayState, job: Job, reservation: Reservation | None = None) -> Pending:
     """Load the model if needed, send the request, and wait for the worker to accept it."""
-    pending, first = await first_reply(state, job)
+    pending, first = await first_reply(state, job, reservation=reservation)
     if not isinstance(first, Started):
         state.link.cancel(pending)
         raise failure_to_error("engine_error", f"unexpected first message {type(first).__name__}")
@@ -55,59 +55,72 @@ async def prepare(state: GatewayState, job: Job) -> Pending:
     return pending
 
 
-async def first_reply(state: GatewayState, job: Job, kind: type[Generate | Embed] = Generate) -> tuple[Pending, FromWorker | None]:
+async def first_reply(
+    state: GatewayState, job: Job, kind: type[Generate | Embed] = Generate, reservation: Reservation | None = None
+) -> tuple[Pending, FromWorker | None]:
     """Load the model if needed, send ``job`` as a ``kind``, and the worker's first reply to it
     (a ``Generate``'s ``Started``; an ``Embed``'s ``Embeddings``); a failure is raised.
 
     A worker that began to drain (evicted, unloaded, swapped) as the request reached it refuses
-    it untouched; the request then waits for the drain and goes to the model loaded again."""
+    it untouched; the request then waits for the drain and goes to the model loaded again.
+    ``reservation`` (from ``admit``) is its place in the model's count until it is sent."""
     settings = state.config
-    for attempt in range(_DRAIN_RETRIES + 1):
-        status = await state.models.ready(job.model, settings.server.ready_wait, settings.supervisor.load_timeout)
-        pending = await state.link.open(status.identity, kind, **job.fields)
-        try:
-            return pending, await next_message(state, pending)
-        except WorkerUnavailable:
-            state.link.cancel(pending)
-            if attempt == _DRAIN_RETRIES:
+    try:
+        for attempt in range(_DRAIN_RETRIES + 1):
+            status = await state.models.ready(job.model, settings.server.ready_wait, settings.supervisor.load_timeout)
+            pending = await state.link.open(status.identity, kind, reservation, **job.fields)
+            try:
+                return pending, await next_message(state, pending)
+            except WorkerUnavailable:
+                state.link.cancel(pending)
+                if attempt == _DRAIN_RETRIES:
+                    raise
+                await state.models.wait_draining(job.model, status.identity, _DRAIN_NOTICE_SECONDS)
+            except BaseException:
+                state.link.cancel(pending)
                 raise
-            await state.models.wait_draining(job.model, status.identity, _DRAIN_NOTICE_SECONDS)
-        except BaseException:
-            state.link.cancel(pending)
-            raise
-    raise AssertionError("unreachable")
+        raise AssertionError("unreachable")
+    finally:
+        if reservation is not None:  # never sent (no load, a timeout, the client left)
+            state.link.release(reservation)
 
 
-def admit(state: GatewayState, jobs: list[Job]) -> None:
-    """Room for the jobs in their model's queue, or ``QueueFull`` (429 with Retry-After)."""
+def admit(state: GatewayState, jobs: list[Job]) -> list[Reservation]:
+    """Room for the jobs in their model's queue (a place for each, counted from now, also while
+    the model loads), or ``QueueFull`` (429 with Retry-After)."""
     model = state.config.model(jobs[0].model)
-    if model is None:
-        return  # removed by a reload since it was resolved: the load path says so
+    if model is None:  # removed by a reload since it was resolved: the load path says so
+        return [Reservation(jobs[0].model, held=False) for _ in jobs]
     limit = state.config.request_limit(model)
     if state.link.in_flight_for(model.name) + len(jobs) > limit:
         raise QueueFull(
             f"The model '{model.name}' has {limit} requests in flight or waiting, its limit "
             "(batch_size + max_queued); retry shortly."
         )
+    return state.link.reserve(model.name, len(jobs))
 
 
 async def prepare_all(state: GatewayState, jobs: list[Job]) -> list[Pending]:
     """Every choice accepted, or none: the ones already sent are cancelled on a failure."""
     note_jobs(jobs[0].model, bool(jobs[0].fields.get("count_only")))
-    admit(state, jobs)
-    if len(jobs) == 1:
-        pendings = [await prepare(state, jobs[0])]
-        note_pendings(pendings)
-        return pendings
-    results = await asyncio.gather(*(prepare(state, job) for job in jobs), return_exceptions=True)
-    failure = next((r for r in results if isinstance(r, BaseException)), None)
-    if failure is not None:
-        for result in results:
-            if isinstance(result, Pending):
-                state.link.cancel(result)
-        raise failure
-    note_pendings(results)  # type: ignore[arg-type]
-    return list(results)  # type: ignore[arg-type]
+    reservations = admit(state, jobs)
+    try:
+        if len(jobs) == 1:
+            pendings = [await prepare(state, jobs[0], reservations[0])]
+            note_pendings(pendings)
+            return pendings
+        results = await asyncio.gather(*(prepare(state, j, r) for j, r in zip(jobs, reservations)), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            for result in results:
+                if isinstance(result, Pending):
+                    state.link.cancel(result)
+            raise failure
+        note_pendings(results)  # type: ignore[arg-type]
+        return list(results)  # type: ignore[arg-type]
+    finally:
+        for reservation in reservations:  # a choice cancelled before it began holds its own
+            state.link.release(reservation)
 
 
 async def next_message(state: GatewayState, pending: Pending, keepalive: float | None = None) -> FromWorker | None:

@@ -132,6 +132,18 @@ class Pending:
         self.ended_at = 0.0
 
 
+class Reservation:
+    """A request's place in its model's count from admission until its ``Pending`` takes it over
+    (``WorkerLink.open``), or until released: so requests waiting for their model to load count
+    against the queue bound too."""
+
+    __slots__ = ("model", "held")
+
+    def __init__(self, model: str, held: bool = True) -> None:
+        self.model = model
+        self.held = held
+
+
 class WorkerLink:
     def __init__(self, context: zmq.asyncio.Context, address: str) -> None:
         # A plain socket on the asyncio context: the event loop watches its FD (``start``).
@@ -144,7 +156,7 @@ class WorkerLink:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(FromWorker)
         self._pending: dict[int, Pending] = {}
-        self._per_model: dict[str, int] = {}  # requests in flight, by model name
+        self._per_model: dict[str, int] = {}  # requests in flight or reserved, by model name
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -163,29 +175,48 @@ class WorkerLink:
         return len(self._pending)
 
     def in_flight_for(self, model: str) -> int:
+        """Requests of ``model`` sent and not ended, and those admitted and not yet sent."""
         return self._per_model.get(model, 0)
 
-    def _add(self, pending: Pending) -> None:
+    def reserve(self, model: str, count: int) -> list[Reservation]:
+        self._count(model, count)
+        return [Reservation(model) for _ in range(count)]
+
+    def release(self, reservation: Reservation) -> None:
+        """Give a place back (idempotent; a no-op once a ``Pending`` has taken it over)."""
+        if reservation.held:
+            reservation.held = False
+            self._count(reservation.model, -1)
+
+    def _count(self, model: str, change: int) -> None:
+        left = self._per_model.get(model, 0) + change
+        if left:
+            self._per_model[model] = left
+        else:
+            del self._per_model[model]
+
+    def _add(self, pending: Pending, reservation: Reservation | None) -> None:
         self._pending[pending.request_id] = pending
-        self._per_model[pending.model] = self._per_model.get(pending.model, 0) + 1
+        if reservation is not None and reservation.held and reservation.model == pending.model:
+            reservation.held = False  # its place is the request's now
+        else:
+            self._count(pending.model, 1)
 
     def _drop(self, request_id: int) -> Pending | None:
         """Forget a request (every way one ends comes through here, so the counts stay right)."""
         pending = self._pending.pop(request_id, None)
         if pending is not None:
-            left = self._per_model[pending.model] - 1
-            if left:
-                self._per_model[pending.model] = left
-            else:
-                del self._per_model[pending.model]
+            self._count(pending.model, -1)
         return pending
 
-    async def open(self, identity: str, kind: type[Generate | Embed] = Generate, **fields: object) -> Pending:
+    async def open(
+        self, identity: str, kind: type[Generate | Embed] = Generate, reservation: Reservation | None = None, **fields: object
+    ) -> Pending:
         """Register a request and send it: a ``Generate``, or an ``Embed``, built from ``fields``
-        with a fresh request id."""
+        with a fresh request id; it takes over ``reservation``'s place."""
         pending = Pending(next(self._ids), identity.encode())
         request = kind(request_id=pending.request_id, **fields)  # type: ignore[arg-type]
-        self._add(pending)
+        self._add(pending, reservation)
         try:
             await self._send_when_connected(pending.identity, request)
         except BaseException:

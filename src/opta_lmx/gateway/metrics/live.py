@@ -100,7 +100,7 @@ def _families(figures: LiveFigures) -> list[Metric]:
 
 def _queue_families(queues: dict[str, Queue]) -> list[Metric]:
     in_flight = _gauge(
-        "opta_lmx_requests_in_flight", "Requests the gateway has sent to the model's worker and not ended (each choice counts).", ["model"]
+        "opta_lmx_requests_in_flight", "Requests the gateway has admitted for the model and not ended: sent to its worker, or waiting for it to load (each choice counts).", ["model"]
     )
     queued = _gauge("opta_lmx_requests_queued", "Requests in flight beyond the model's batch_size: waiting for a batch slot.", ["model"])
     limit = _gauge("opta_lmx_request_queue_limit", "Requests in flight past which new ones get 429 (batch_size + max_queued).", ["model"])
