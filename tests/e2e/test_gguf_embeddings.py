@@ -16,9 +16,8 @@ import openai
 import pytest
 
 from tests.conftest import Server, served
-from tests.e2e.test_embeddings import check_survives_kill_9
+from tests.e2e.test_embeddings import CAT, KITTEN, STOCKS, check_survives_kill_9, rows
 
-CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
 BATCH_ATOL = 1e-3  # see tests/worker/test_gguf_embedding_engine.py
 
 
@@ -37,11 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, minilm_gguf: Path, smollm2_
 def client(server: Server) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=300) as sdk:
         yield sdk
-
-
-def rows(reply: openai.types.CreateEmbeddingResponse) -> np.ndarray:
-    assert [d.index for d in reply.data] == list(range(len(reply.data)))
-    return np.array([d.embedding for d in reply.data])
 
 
 def test_an_encoder_gguf_embeds_by_meaning_in_floats_and_base64(client: openai.OpenAI) -> None:

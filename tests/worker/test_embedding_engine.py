@@ -12,6 +12,7 @@ from opta_lmx.config import EngineOptions
 from opta_lmx.proto import ChatMessage, Embed, Embeddings, Failed, Finished, FromWorker, Generate
 from opta_lmx.worker.engines.base import Embedder, Refused
 from opta_lmx.worker.engines.embedding import EmbeddingEngine
+from opta_lmx.worker.engines.embedding_batches import BatchedEmbedder
 from opta_lmx.engine_choice import resolve_engine
 from tests.support.bert import HIDDEN, build_bert
 
@@ -23,7 +24,7 @@ def minilm(minilm_model: Path) -> EmbeddingEngine:
     return EmbeddingEngine("minilm", str(minilm_model))
 
 
-def run(engine: EmbeddingEngine, *requests: Embed) -> dict[int, FromWorker]:
+def run(engine: BatchedEmbedder, *requests: Embed) -> dict[int, FromWorker]:
     """Submit every request, step until the engine is idle; the reply to each, by request id."""
     replies: list[FromWorker] = []
     for request in requests:

@@ -16,12 +16,12 @@ from opta_lmx.config import EngineOptions, parse_config
 from opta_lmx.engine_choice import resolve_engine
 from opta_lmx.errors import ConfigError
 from opta_lmx.gguf_metadata import POOLING_CLS, POOLING_LAST, POOLING_MEAN, POOLING_RANK, GgufTraits
-from opta_lmx.proto import ChatMessage, Embed, Embeddings, Failed, Finished, FromWorker, Generate
+from opta_lmx.proto import ChatMessage, Embed, Embeddings, Failed, Finished, Generate
 from opta_lmx.worker.engines.base import Embedder, Refused
 from opta_lmx.worker.engines.embedding import EmbeddingEngine
 from opta_lmx.worker.engines.gguf_embedding import GgufEmbeddingEngine, pooling_type
+from tests.worker.test_embedding_engine import CAT, KITTEN, STOCKS, run, vectors
 
-CAT, KITTEN, STOCKS = "A cat sits on the mat", "A kitten rests on a rug", "Stock markets fell sharply today"
 TEXTS = [CAT, KITTEN, STOCKS, "Short.", "Ünïcode naïve café, don't stop!", "A much longer sentence about a kitten on a rug."]
 # llama.cpp splits a pass's matrix products by its size, so an input's vector may move in the last
 # digits with its company (measured: 2e-8 to 1e-4 on a unit vector, with 1 or 2 threads).
@@ -40,24 +40,6 @@ def smollm2(smollm2_gguf: Path) -> Iterator[GgufEmbeddingEngine]:
     engine = GgufEmbeddingEngine("smollm2", str(smollm2_gguf), EngineOptions(threads=1, batch_size=8))
     yield engine
     engine.close()
-
-
-def run(engine: Embedder, *requests: Embed) -> dict[int, FromWorker]:
-    """Submit every request, step until the engine is idle; the reply to each, by request id."""
-    replies: list[FromWorker] = []
-    for request in requests:
-        replies += engine.embed(request)
-    steps = 0
-    while engine.active:  # type: ignore[attr-defined]
-        replies += engine.step()  # type: ignore[attr-defined]
-        steps += 1
-        assert steps < 1000
-    return {reply.request_id: reply for reply in replies}
-
-
-def vectors(reply: FromWorker) -> np.ndarray:
-    assert isinstance(reply, Embeddings), reply
-    return np.frombuffer(reply.vectors, "<f4").reshape(-1, reply.dimensions)
 
 
 def test_llama_cpp_and_the_mlx_engine_make_the_same_vectors(minilm: GgufEmbeddingEngine, minilm_model: Path) -> None:
