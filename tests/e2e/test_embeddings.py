@@ -79,17 +79,21 @@ def test_a_batch_gives_each_text_its_vector_alone(client: openai.OpenAI) -> None
     np.testing.assert_allclose(batch, alone, atol=1e-5)
 
 
-def test_32_concurrent_requests_all_succeed_with_their_own_vectors(client: openai.OpenAI) -> None:
-    texts = [f"item {i}" for i in range(32)]
+def check_concurrent_equals_one_request(client: openai.OpenAI, model: str, texts: list[str], atol: float) -> None:
+    """Each text sent alone, all at once, gets the vector it gets in one request of them all."""
 
     def one(text: str) -> np.ndarray:
-        return rows(client.embeddings.create(model="minilm", input=text, encoding_format="float"))[0]
+        return rows(client.embeddings.create(model=model, input=text, encoding_format="float"))[0]
 
-    with ThreadPoolExecutor(32) as pool:
+    with ThreadPoolExecutor(len(texts)) as pool:
         concurrent = np.stack(list(pool.map(one, texts)))
-    together = rows(client.embeddings.create(model="minilm", input=texts, encoding_format="float"))
-    np.testing.assert_allclose(concurrent, together, atol=1e-5)
-    assert len({v.tobytes() for v in together}) == 32
+    together = rows(client.embeddings.create(model=model, input=texts, encoding_format="float"))
+    np.testing.assert_allclose(concurrent, together, atol=atol)
+    assert len({v.tobytes() for v in together}) == len(texts)
+
+
+def test_32_concurrent_requests_all_succeed_with_their_own_vectors(client: openai.OpenAI) -> None:
+    check_concurrent_equals_one_request(client, "minilm", [f"item {i}" for i in range(32)], atol=1e-5)
 
 
 def test_token_ids_and_truncation(client: openai.OpenAI) -> None:

@@ -5,7 +5,6 @@ decoder serving last-token embeddings)."""
 from __future__ import annotations
 
 import base64
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import Server, served
-from tests.e2e.test_embeddings import CAT, KITTEN, STOCKS, check_survives_kill_9, rows
+from tests.e2e.test_embeddings import CAT, KITTEN, STOCKS, check_concurrent_equals_one_request, check_survives_kill_9, rows
 
 BATCH_ATOL = 1e-3  # see tests/worker/test_gguf_embedding_engine.py
 
@@ -54,16 +53,7 @@ def test_an_encoder_gguf_embeds_by_meaning_in_floats_and_base64(client: openai.O
 
 
 def test_concurrent_requests_share_passes_and_keep_their_vectors(client: openai.OpenAI) -> None:
-    texts = [f"item {i}: a cat" for i in range(16)]
-
-    def one(text: str) -> np.ndarray:
-        return rows(client.embeddings.create(model="minilm-gguf", input=text, encoding_format="float"))[0]
-
-    with ThreadPoolExecutor(16) as pool:
-        concurrent = np.stack(list(pool.map(one, texts)))
-    together = rows(client.embeddings.create(model="minilm-gguf", input=texts, encoding_format="float"))
-    np.testing.assert_allclose(concurrent, together, atol=BATCH_ATOL)
-    assert len({v.tobytes() for v in together}) == 16
+    check_concurrent_equals_one_request(client, "minilm-gguf", [f"item {i}: a cat" for i in range(16)], atol=BATCH_ATOL)
 
 
 def test_rerank_by_cosine_puts_the_kitten_first(server: Server) -> None:

@@ -132,13 +132,18 @@ def test_a_fault_in_a_forward_pass_fails_its_requests_and_the_queue_goes_on(
     assert [type(r) for r in replies.values()] == [Embeddings] and list(replies) == [3]
 
 
-def test_an_embedding_model_writes_no_text(minilm: EmbeddingEngine) -> None:
+def check_writes_no_text(engine: BatchedEmbedder) -> None:
+    """An embedding engine (either kind) refuses a generation, and is an ``Embedder``."""
     request = Generate(1, [ChatMessage("user", "hi")])
-    [failed] = minilm.submit(request)
+    [failed] = engine.submit(request)
     assert isinstance(failed, Failed) and failed.code == "invalid_request" and "embedding model" in failed.message
     with pytest.raises(Refused):
-        minilm.prompt_tokens(request)
-    assert isinstance(minilm, Embedder)
+        engine.prompt_tokens(request)
+    assert isinstance(engine, Embedder)
+
+
+def test_an_embedding_model_writes_no_text(minilm: EmbeddingEngine) -> None:
+    check_writes_no_text(minilm)
 
 
 @pytest.fixture(scope="module")

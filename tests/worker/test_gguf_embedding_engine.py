@@ -16,11 +16,10 @@ from opta_lmx.config import EngineOptions, parse_config
 from opta_lmx.engine_choice import resolve_engine
 from opta_lmx.errors import ConfigError
 from opta_lmx.gguf_metadata import POOLING_CLS, POOLING_LAST, POOLING_MEAN, POOLING_RANK, GgufTraits
-from opta_lmx.proto import ChatMessage, Embed, Embeddings, Failed, Finished, Generate
-from opta_lmx.worker.engines.base import Embedder, Refused
+from opta_lmx.proto import Embed, Embeddings, Failed, Finished
 from opta_lmx.worker.engines.embedding import EmbeddingEngine
 from opta_lmx.worker.engines.gguf_embedding import GgufEmbeddingEngine, pooling_type
-from tests.worker.test_embedding_engine import CAT, KITTEN, STOCKS, run, vectors
+from tests.worker.test_embedding_engine import CAT, KITTEN, STOCKS, check_writes_no_text, run, vectors
 
 TEXTS = [CAT, KITTEN, STOCKS, "Short.", "Ünïcode naïve café, don't stop!", "A much longer sentence about a kitten on a rug."]
 # llama.cpp splits a pass's matrix products by its size, so an input's vector may move in the last
@@ -102,12 +101,7 @@ def test_scores_for_a_query_are_cosine_similarities(minilm: GgufEmbeddingEngine)
 
 
 def test_what_an_embedding_model_refuses(minilm: GgufEmbeddingEngine) -> None:
-    request = Generate(1, [ChatMessage("user", "hi")])
-    [failed] = minilm.submit(request)
-    assert isinstance(failed, Failed) and failed.code == "invalid_request" and "embedding model" in failed.message
-    with pytest.raises(Refused):
-        minilm.prompt_tokens(request)
-    assert isinstance(minilm, Embedder)
+    check_writes_no_text(minilm)
     shorter = run(minilm, Embed(2, [CAT], dimensions=128))[2]
     assert isinstance(shorter, Failed) and shorter.code == "unsupported_parameter" and "Matryoshka" in shorter.message
 
